@@ -1,0 +1,217 @@
+//! Command line: clap derive, doc comments are the help. Values left unset here fall back
+//! to the config file, then to the built-in paper settings (see `settings`).
+
+use crate::model::DeviceChoice;
+use crate::normalize::{CamNorm, HmgNorm};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Pick the most valuable samples of a long-context instruction dataset (GATEAU).
+///
+/// `gateau score` runs two homologous models over every sample and writes one JSON record
+/// per sample: response perplexities under the short- and long-window model (HMG), and
+/// per-segment perplexities and attention of the long model (CAM). `gateau select` ranks
+/// the records across the dataset and writes the top samples, byte for byte.
+///
+/// Exit status: 0 success, 1 error, 2 finished but some samples were reported as bad or
+/// skipped (see the summary, the records' "error" fields and `select --report`).
+#[derive(Debug, Parser)]
+#[command(name = "gateau", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score every sample of a JSONL file (resumable, shardable).
+    Score(ScoreArgs),
+    /// Rank score records across the dataset and write the selected samples.
+    Select(SelectArgs),
+}
+
+/// Options shared by every subcommand.
+#[derive(Debug, Args, Clone)]
+pub struct CommonArgs {
+    /// JSON config file (see configs/); its keys are the long flag names with `_`.
+    /// Built-in defaults are the paper's settings (configs/paper.json); flags win.
+    #[arg(long, value_name = "FILE", env = "GATEAU_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Make the first bad or skipped sample a fatal error (exit 1).
+    #[arg(long)]
+    pub strict: bool,
+    /// No progress, settings or summary on stderr; errors are still printed.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DTypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+/// Which models, on which device.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Models")]
+pub struct ModelArgs {
+    /// Long-window model B: a folder with config.json + safetensors + tokenizer.json, a
+    /// .gguf file, or a Hugging Face hub id (read from the local cache when HF_HUB_OFFLINE=1).
+    #[arg(long, value_name = "MODEL")]
+    pub long_model: Option<String>,
+    /// Short-window model A as a separate checkpoint (same forms as --long-model).
+    #[arg(long, value_name = "MODEL", conflicts_with = "short_window")]
+    pub short_model: Option<String>,
+    /// RoPE base for --short-model, so it can read the whole sample (paper: 2000000).
+    #[arg(long, value_name = "THETA")]
+    pub short_rope_theta: Option<f64>,
+    /// Self-homologous mode: model A is model B reading only the last W tokens of the
+    /// prompt before the response.
+    #[arg(long, value_name = "W")]
+    pub short_window: Option<usize>,
+    /// tokenizer.json overriding the models' own tokenizer (GGUF metadata or folder).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Where the models run: auto (CUDA when built in and present, else CPU), cpu, cuda,
+    /// cuda:N.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<DeviceChoice>,
+    /// Compute dtype of the weights and activations [default: bf16 on CUDA, f32 on CPU].
+    /// Softmax, log-softmax, NLL and attention capture are f32 in every case.
+    #[arg(long, value_enum)]
+    pub dtype: Option<DTypeArg>,
+}
+
+/// Sequence lengths and batching.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Passes")]
+pub struct PassArgs {
+    /// Longest sample in tokens; longer contexts lose tokens from their start.
+    #[arg(long, value_name = "TOKENS")]
+    pub max_len: Option<usize>,
+    /// CAM segment length L in tokens.
+    #[arg(long, value_name = "TOKENS")]
+    pub segment_len: Option<usize>,
+    /// Most segments per sample (evenly spaced when there are more).
+    #[arg(long, value_name = "N")]
+    pub max_segments: Option<usize>,
+    /// Most tokens in one batched segment pass [default: 16384].
+    #[arg(long, value_name = "TOKENS")]
+    pub max_batch_tokens: Option<usize>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Input JSONL: LongAlign {"messages": [...]}, Alpaca {"instruction","input","output"}
+    /// or {"context","instruction","response"}; one sample per line.
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Output JSONL of score records [default: DATA with .scores.jsonl, or
+    /// .scores.I-of-N.jsonl with --shard].
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Score only lines with line % N == I (0-based), for N processes, GPUs or a Slurm
+    /// array sharing one input.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+    /// Continue an interrupted run: keep the records already in --out (a half-written last
+    /// line is discarded) and score only the rest.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Replace an existing --out instead of refusing to run.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub models: ModelArgs,
+    #[command(flatten)]
+    pub passes: PassArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SelectArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Score files from `gateau score` (several for shards) [default: DATA's .scores.jsonl].
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub scores: Vec<PathBuf>,
+    /// The input JSONL the scores were computed on.
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Where the selected lines go [default: DATA with .selected.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Fraction of the scored samples to keep: ceil(ratio x n).
+    #[arg(long, value_name = "R", conflicts_with = "top")]
+    pub ratio: Option<f64>,
+    /// Keep exactly this many samples (or all scored ones, if fewer).
+    #[arg(long, value_name = "N")]
+    pub top: Option<usize>,
+    /// Weight of HMG against CAM: score = alpha softmax(HMP) + (1 - alpha) softmax(CAS).
+    #[arg(long, value_name = "A")]
+    pub alpha: Option<f64>,
+    /// Normalization of the perplexities across the dataset before HMP = N(short) - N(long).
+    #[arg(long, value_enum)]
+    pub hmg_norm: Option<HmgNorm>,
+    /// Normalization of segment perplexities and attention within a sample before CAS.
+    #[arg(long, value_enum)]
+    pub cam_norm: Option<CamNorm>,
+    /// Write the selected lines in input order instead of score order.
+    #[arg(long)]
+    pub keep_order: bool,
+    /// JSON report: counts, score statistics, cut-off, every bad or skipped sample.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+/// `--shard I/N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = || format!("{s:?} is not a shard: use I/N with 0 <= I < N, e.g. 0/4");
+        let (i, n) = s.split_once('/').ok_or_else(err)?;
+        let (index, count) = (
+            i.trim().parse().map_err(|_| err())?,
+            n.trim().parse().map_err(|_| err())?,
+        );
+        if count == 0 || index >= count {
+            return Err(err());
+        }
+        Ok(Self { index, count })
+    }
+}
+
+impl Shard {
+    pub fn contains(&self, line: u64) -> bool {
+        line % self.count == self.index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn shards_parse_and_partition() {
+        let s: Shard = "1/3".parse().unwrap();
+        assert!(s.contains(4) && !s.contains(3));
+        assert!("3/3".parse::<Shard>().is_err());
+        assert!("1-3".parse::<Shard>().is_err());
+    }
+}

@@ -1,0 +1,192 @@
+//! One sample of the spec's section 1: LongAlign messages, Alpaca, or explicit fields.
+
+use super::RawLine;
+use serde_json::{Map, Value};
+
+/// A well-formed sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub id: Value,
+    pub line: u64,
+    pub context: String,
+    pub instruction: String,
+    pub response: String,
+    /// A "source" or "dataset" string field, kept for per-source reports.
+    pub source: Option<String>,
+}
+
+/// Why a line is not a sample, with the id when one could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleError {
+    pub id: Value,
+    pub line: u64,
+    pub reason: String,
+}
+
+fn text_field(obj: &Map<String, Value>, key: &str, required: bool) -> Result<String, String> {
+    match obj.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(format!("field {key:?} must be a string, found {}", kind(other))),
+        None if required => Err(format!("missing field {key:?}")),
+        None => Ok(String::new()),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Splits a LongAlign user turn at its last "\n\n": (context, instruction).
+pub fn split_user_turn(u: &str) -> (String, String) {
+    match u.rfind("\n\n") {
+        Some(p) => (u[..p + 2].to_string(), u[p + 2..].to_string()),
+        None => (String::new(), u.to_string()),
+    }
+}
+
+fn longalign(obj: &Map<String, Value>) -> Result<(String, String, String), String> {
+    let msgs = obj
+        .get("messages")
+        .and_then(|m| m.as_array())
+        .ok_or("field \"messages\" must be an array of {role, content} objects")?;
+    let role = |m: &Value| m.get("role").and_then(|r| r.as_str()).map(str::to_string);
+    let content = |i: usize| -> Result<String, String> {
+        match msgs[i].get("content") {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(format!("messages[{i}].content must be a string, found {}", kind(other))),
+            None => Err(format!("messages[{i}] has no \"content\"")),
+        }
+    };
+    let u = msgs
+        .iter()
+        .position(|m| role(m).as_deref() == Some("user"))
+        .ok_or("no user turn in \"messages\"")?;
+    let a = (u + 1..msgs.len())
+        .find(|&i| role(&msgs[i]).as_deref() == Some("assistant"))
+        .ok_or("no assistant turn after the first user turn")?;
+    let (c, x) = split_user_turn(&content(u)?);
+    Ok((c, x, content(a)?))
+}
+
+/// Parses one raw line (spec section 1).
+pub fn parse_line(raw: &RawLine) -> Result<Sample, SampleError> {
+    let line = raw.number;
+    let fallback = Value::from(line);
+    let bad = |id: Value, reason: String| SampleError { id, line, reason };
+    let text = std::str::from_utf8(raw.content()).map_err(|e| {
+        bad(
+            fallback.clone(),
+            format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+        )
+    })?;
+    if text.trim().is_empty() {
+        return Err(bad(fallback, "empty line".into()));
+    }
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| bad(fallback.clone(), format!("malformed JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(bad(fallback, format!("expected a JSON object, found {}", kind(&value))));
+    };
+    let id = match obj.get("id") {
+        Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null)) => v.clone(),
+        _ => fallback,
+    };
+    let shape = if obj.contains_key("messages") {
+        longalign(&obj)
+    } else if obj.contains_key("output") || obj.contains_key("input") {
+        (|| {
+            Ok((
+                text_field(&obj, "input", false)?,
+                text_field(&obj, "instruction", true)?,
+                text_field(&obj, "output", true)?,
+            ))
+        })()
+    } else if obj.contains_key("response") || obj.contains_key("context") {
+        (|| {
+            Ok((
+                text_field(&obj, "context", true)?,
+                text_field(&obj, "instruction", true)?,
+                text_field(&obj, "response", true)?,
+            ))
+        })()
+    } else {
+        Err("no usable shape: expected \"messages\" (LongAlign), \"instruction\"/\"input\"/\
+             \"output\" (Alpaca) or \"context\"/\"instruction\"/\"response\""
+            .to_string())
+    };
+    let (context, instruction, response) = shape.map_err(|r| bad(id.clone(), r))?;
+    if response.is_empty() {
+        return Err(bad(id, "empty response".into()));
+    }
+    let source = ["source", "dataset"]
+        .iter()
+        .find_map(|k| obj.get(*k).and_then(|v| v.as_str()).map(str::to_string));
+    Ok(Sample {
+        id,
+        line,
+        context,
+        instruction,
+        response,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> RawLine {
+        RawLine {
+            number: 7,
+            bytes: s.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn longalign_splits_at_last_blank_line() {
+        let s = parse_line(&raw(
+            r#"{"id":"a","messages":[{"role":"system","content":"s"},{"role":"user","content":"doc\n\nmore\n\nWhat?"},{"role":"assistant","content":"This."}]}"#,
+        ))
+        .unwrap();
+        assert_eq!(s.context, "doc\n\nmore\n\n");
+        assert_eq!(s.instruction, "What?");
+        assert_eq!(s.response, "This.");
+        assert_eq!(s.id, Value::from("a"));
+    }
+
+    #[test]
+    fn longalign_without_blank_line_has_no_context() {
+        assert_eq!(split_user_turn("just ask"), (String::new(), "just ask".to_string()));
+    }
+
+    #[test]
+    fn alpaca_without_input_and_explicit_shape() {
+        let s = parse_line(&raw(r#"{"instruction":"i","output":"o"}"#)).unwrap();
+        assert_eq!((s.context.as_str(), s.id.clone()), ("", Value::from(7u64)));
+        let s = parse_line(&raw(r#"{"id":[1],"context":"c","instruction":"i","response":"r"}"#)).unwrap();
+        assert_eq!(s.context, "c");
+        assert_eq!(s.id, Value::from(7u64), "non-scalar id falls back to the line");
+    }
+
+    #[test]
+    fn bad_lines_say_why() {
+        let reason = |s: &str| parse_line(&raw(s)).unwrap_err().reason;
+        assert!(reason("{not json").starts_with("malformed JSON"));
+        assert_eq!(reason(r#"{"instruction":"i","output":""}"#), "empty response");
+        assert_eq!(reason(r#"{"instruction":"i","input":"c"}"#), "missing field \"output\"");
+        assert!(reason(r#"{"foo":1}"#).starts_with("no usable shape"));
+        assert_eq!(
+            reason(r#"{"messages":[{"role":"user","content":"q"}]}"#),
+            "no assistant turn after the first user turn"
+        );
+        let r = parse_line(&RawLine { number: 0, bytes: b"{\"a\":\"\xff\"}".to_vec() });
+        assert_eq!(r.unwrap_err().reason, "invalid UTF-8 at byte 6");
+    }
+}

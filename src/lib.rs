@@ -1,0 +1,34 @@
+//! gateau: pick the most valuable samples of long-context instruction data (GATEAU,
+//! arXiv 2410.15633) with candle.
+//!
+//! The pipeline, one module per step: `data` (JSONL input) -> `template` (tokens) ->
+//! `model` (LLaMA forward with attention capture) -> `passes` (HMG/CAM passes of a sample)
+//! -> `record` (per-sample output) -> `selection` (dataset-level ranking) -> `report`.
+//! `score` and `select` drive the two subcommands; `cli` and `settings` are the interface.
+
+pub mod cli;
+pub mod data;
+pub mod model;
+pub mod normalize;
+pub mod passes;
+pub mod progress;
+pub mod record;
+pub mod report;
+pub mod score;
+pub mod select;
+pub mod selection;
+pub mod settings;
+pub mod template;
+
+use anyhow::Result;
+use clap::Parser;
+use std::process::ExitCode;
+
+/// Parses the command line and runs the subcommand.
+pub fn run() -> Result<ExitCode> {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Score(a) => score::run(settings::ScoreSettings::resolve(&a)?),
+        cli::Command::Select(a) => select::run(settings::SelectSettings::resolve(&a)?),
+    }
+}

@@ -1,0 +1,227 @@
+//! The LLaMA-family forward pass gateau needs: logits only at the scored (response)
+//! positions, NLL in f32, and optionally the response rows' attention mass per key.
+//!
+//! Layout mirrors HF checkpoints (`model.layers.N.self_attn.q_proj`, ...), so the same code
+//! loads safetensors folders and (renamed, un-permuted) GGUF tensors.
+
+use super::attention::causal_attention;
+use super::config::ModelConfig;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+/// Upper bound on the f32 logits of one chunk of scored rows: 128 MiB.
+const LOGIT_BUDGET: usize = 32 << 20;
+
+struct Layer {
+    input_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+fn linear(vb: &VarBuilder, out: usize, inp: usize, name: &str) -> candle_core::Result<Linear> {
+    Ok(Linear::new(vb.get((out, inp), &format!("{name}.weight"))?, None))
+}
+
+impl Layer {
+    fn load(vb: VarBuilder, c: &ModelConfig) -> candle_core::Result<Self> {
+        let (d, f) = (c.hidden_size, c.intermediate_size);
+        let (qd, kvd) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let att = vb.pp("self_attn");
+        let mlp = vb.pp("mlp");
+        Ok(Self {
+            input_norm: vb.get(d, "input_layernorm.weight")?,
+            q: linear(&att, qd, d, "q_proj")?,
+            k: linear(&att, kvd, d, "k_proj")?,
+            v: linear(&att, kvd, d, "v_proj")?,
+            o: linear(&att, d, qd, "o_proj")?,
+            post_norm: vb.get(d, "post_attention_layernorm.weight")?,
+            gate: linear(&mlp, f, d, "gate_proj")?,
+            up: linear(&mlp, f, d, "up_proj")?,
+            down: linear(&mlp, d, f, "down_proj")?,
+        })
+    }
+}
+
+/// What one forward pass returns, per sequence of the batch.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    /// `-log p(token_j | tokens_<j)` for every scored position `j >= score_from`.
+    pub nll: Vec<Vec<f32>>,
+    /// When captured: per key position, the attention probability from the scored rows,
+    /// averaged over layers, heads and those rows (length T).
+    pub attention: Option<Vec<Vec<f32>>>,
+}
+
+pub struct Llama {
+    cfg: ModelConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    device: Device,
+    dtype: DType,
+}
+
+impl Llama {
+    /// Loads from a VarBuilder laid out like an HF checkpoint.
+    pub fn load(vb: VarBuilder, cfg: ModelConfig) -> Result<Self> {
+        cfg.validate()?;
+        let (v, d) = (cfg.vocab_size, cfg.hidden_size);
+        let m = vb.pp("model");
+        let embed = m.get((v, d), "embed_tokens.weight")?;
+        let layers = (0..cfg.num_layers)
+            .map(|i| Layer::load(m.pp("layers").pp(i), &cfg))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let norm = m.get(d, "norm.weight")?;
+        let lm_head = if cfg.tie_word_embeddings || !vb.contains_tensor("lm_head.weight") {
+            embed.clone()
+        } else {
+            vb.get((v, d), "lm_head.weight")?
+        };
+        Ok(Self {
+            device: embed.device().clone(),
+            dtype: embed.dtype(),
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// cos and sin tables `[t, head_dim / 2]` in the compute dtype, computed in f32 like HF.
+    fn rope_tables(&self, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let inv = self.cfg.inv_freq();
+        let half = inv.len();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for p in 0..t {
+            for &f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (t, half), &self.device)?.to_dtype(self.dtype)?;
+        let sin = Tensor::from_vec(sin, (t, half), &self.device)?.to_dtype(self.dtype)?;
+        Ok((cos, sin))
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::rms_norm(&x.contiguous()?, w, self.cfg.rms_norm_eps as f32)
+    }
+
+    /// Runs `tokens` (`B` sequences of equal length `T`) and scores positions
+    /// `score_from..T`; with `capture`, also returns the attention those rows pay to each key.
+    pub fn forward(
+        &self,
+        tokens: &[Vec<u32>],
+        score_from: usize,
+        capture: bool,
+    ) -> Result<ForwardOutput> {
+        let b = tokens.len();
+        let t = tokens.first().map_or(0, |s| s.len());
+        if b == 0 || t == 0 {
+            bail!("forward pass over an empty batch");
+        }
+        if tokens.iter().any(|s| s.len() != t) {
+            bail!("a batch must hold sequences of one length");
+        }
+        if score_from == 0 || score_from >= t {
+            bail!("scored positions must start in 1..{t}, got {score_from}");
+        }
+        if let Some(bad) = tokens.iter().flatten().find(|&&x| x as usize >= self.cfg.vocab_size) {
+            bail!("token id {bad} is outside the model's vocabulary of {}", self.cfg.vocab_size);
+        }
+        let c = &self.cfg;
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, b * t, &self.device)?;
+        let mut x = self
+            .embed
+            .index_select(&ids, 0)?
+            .reshape((b, t, c.hidden_size))?;
+        let (cos, sin) = self.rope_tables(t)?;
+        let capture_from = capture.then_some(score_from);
+        let mut mass: Option<Tensor> = None;
+        for layer in &self.layers {
+            let h = self.rms_norm(&x, &layer.input_norm)?;
+            let heads = |lin: &Linear, n: usize| -> candle_core::Result<Tensor> {
+                lin.forward(&h)?
+                    .reshape((b, t, n, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let q = candle_nn::rotary_emb::rope(&heads(&layer.q, nh)?, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope(&heads(&layer.k, nkv)?, &cos, &sin)?;
+            let v = heads(&layer.v, nkv)?;
+            let att = causal_attention(&q, &k, &v, capture_from)?;
+            if let Some(m) = att.mass {
+                mass = Some(match mass {
+                    None => m,
+                    Some(acc) => (acc + m)?,
+                });
+            }
+            let att = att.out.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+            x = (x + layer.o.forward(&att)?)?;
+            let h = self.rms_norm(&x, &layer.post_norm)?;
+            let mlp = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            x = (x + layer.down.forward(&mlp)?)?;
+        }
+        // Position p predicts token p + 1: the scored tokens score_from..T come from the
+        // hidden states at score_from-1..T-1. Only those rows reach the vocabulary.
+        let r = t - score_from;
+        let hidden = self.rms_norm(&x.narrow(1, score_from - 1, r)?, &self.norm)?;
+        let rows = (LOGIT_BUDGET / c.vocab_size).max(1);
+        let head_t = self.lm_head.t()?;
+        let mut nll = Vec::with_capacity(b);
+        for (bi, seq) in tokens.iter().enumerate() {
+            let hb = hidden.get(bi)?;
+            let mut out = Vec::with_capacity(r);
+            let mut s = 0;
+            while s < r {
+                let n = rows.min(r - s);
+                let logits = hb.narrow(0, s, n)?.matmul(&head_t)?.to_dtype(DType::F32)?;
+                let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+                let target: Vec<u32> = seq[score_from + s..score_from + s + n].to_vec();
+                let target = Tensor::from_vec(target, (n, 1), &self.device)?;
+                let picked = logp.gather(&target, 1)?.squeeze(1)?.neg()?;
+                out.extend(picked.to_vec1::<f32>()?);
+                s += n;
+            }
+            nll.push(out);
+        }
+        let attention = match mass {
+            Some(m) => {
+                let denom = (c.num_layers * nh * r) as f64;
+                Some((m / denom)?.to_vec2::<f32>()?)
+            }
+            None => None,
+        };
+        Ok(ForwardOutput { nll, attention })
+    }
+}
+
+/// Builds a model from a VarBuilder, naming `source` in any error.
+pub fn load_named(vb: VarBuilder, cfg: ModelConfig, source: &str) -> Result<Llama> {
+    Llama::load(vb, cfg).with_context(|| format!("cannot load model weights from {source}"))
+}

@@ -1,0 +1,276 @@
+//! Model loading: a local HF folder, a `.gguf` file, or a hub id, on a chosen device and
+//! dtype, together with its tokenizer and BOS id.
+
+pub mod attention;
+pub mod config;
+pub mod gguf;
+pub mod gguf_tokenizer;
+pub mod hub;
+pub mod llama;
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+pub use config::ModelConfig;
+pub use llama::{ForwardOutput, Llama};
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+/// Where a model comes from, as the user named it.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// A folder, a .gguf file, or a hub id.
+    pub location: String,
+    /// Overrides the tokenizer that comes with the model.
+    pub tokenizer: Option<PathBuf>,
+    /// Overrides the RoPE base (the paper's 4k model read with theta 2,000,000).
+    pub rope_theta: Option<f64>,
+}
+
+/// The files of an HF checkpoint.
+#[derive(Debug, Clone)]
+pub struct HfFiles {
+    pub config: PathBuf,
+    pub tokenizer: Option<PathBuf>,
+    pub weights: Vec<PathBuf>,
+}
+
+/// A model ready to score: weights on the device, tokenizer, BOS.
+pub struct LoadedModel {
+    pub llama: Llama,
+    pub tokenizer: Tokenizer,
+    pub bos: Option<u32>,
+    /// What was loaded, for logs and errors.
+    pub source: String,
+}
+
+/// Shard file names listed by a `model.safetensors.index.json`, in first-seen order.
+pub fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index)
+        .with_context(|| format!("cannot read {}", index.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", index.display()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| anyhow!("{}: no \"weight_map\" object", index.display()))?;
+    let mut out: Vec<String> = Vec::new();
+    for f in map.values() {
+        let f = f
+            .as_str()
+            .ok_or_else(|| anyhow!("{}: weight_map values must be file names", index.display()))?;
+        if !out.iter().any(|x| x == f) {
+            out.push(f.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// The files of a local HF folder.
+pub fn folder_files(dir: &Path) -> Result<HfFiles> {
+    let config = dir.join("config.json");
+    if !config.is_file() {
+        bail!("model folder {} has no config.json", dir.display());
+    }
+    let tok = dir.join("tokenizer.json");
+    let index = dir.join("model.safetensors.index.json");
+    let weights = if index.is_file() {
+        shard_names(&index)?.into_iter().map(|s| dir.join(s)).collect()
+    } else {
+        vec![dir.join("model.safetensors")]
+    };
+    for w in &weights {
+        if !w.is_file() {
+            bail!(
+                "model folder {}: weight file {} is missing",
+                dir.display(),
+                w.display()
+            );
+        }
+    }
+    Ok(HfFiles {
+        config,
+        tokenizer: tok.is_file().then_some(tok),
+        weights,
+    })
+}
+
+fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    Tokenizer::from_file(path).map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))
+}
+
+/// Loads a model as `spec` names it.
+pub fn load(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    let path = Path::new(&spec.location);
+    let is_gguf = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if is_gguf {
+        if !path.is_file() {
+            bail!("GGUF model file {} does not exist", path.display());
+        }
+        return load_gguf(spec, path, device, dtype);
+    }
+    let files = if path.is_dir() {
+        folder_files(path)?
+    } else if path.exists() {
+        bail!(
+            "model {} is neither a folder with config.json nor a .gguf file",
+            path.display()
+        );
+    } else if looks_like_hub_id(&spec.location) {
+        hub::resolve(&spec.location)?
+    } else {
+        bail!(
+            "model {} does not exist (expected a folder, a .gguf file, or a hub id org/name)",
+            spec.location
+        );
+    };
+    load_hf(spec, &files, device, dtype)
+}
+
+fn looks_like_hub_id(s: &str) -> bool {
+    let name = s.split('@').next().unwrap_or(s);
+    let parts: Vec<&str> = name.split('/').collect();
+    parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && !p.starts_with('.'))
+}
+
+fn load_hf(spec: &ModelSpec, files: &HfFiles, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    let mut cfg = ModelConfig::from_hf_file(&files.config)?;
+    if let Some(theta) = spec.rope_theta {
+        cfg.rope_theta = theta;
+    }
+    let tok_path = spec
+        .tokenizer
+        .clone()
+        .or_else(|| files.tokenizer.clone())
+        .ok_or_else(|| {
+            anyhow!(
+                "model {} has no tokenizer.json; pass --tokenizer FILE",
+                spec.location
+            )
+        })?;
+    let tokenizer = load_tokenizer(&tok_path)?;
+    // Safety: the files are memory-mapped read-only; gateau does not modify them while
+    // loaded, and a concurrent writer would be a user error outside our control.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, device) }
+        .with_context(|| format!("cannot read safetensors of model {}", spec.location))?;
+    let llama = llama::load_named(vb, cfg.clone(), &spec.location)?;
+    Ok(LoadedModel {
+        llama,
+        tokenizer,
+        bos: cfg.bos_token_id,
+        source: spec.location.clone(),
+    })
+}
+
+fn load_gguf(spec: &ModelSpec, path: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    let g = gguf::GgufFile::open(path)?;
+    let mut cfg = g.config()?;
+    if let Some(theta) = spec.rope_theta {
+        cfg.rope_theta = theta;
+    }
+    let tokenizer = match &spec.tokenizer {
+        Some(t) => load_tokenizer(t)?,
+        None => gguf_tokenizer::from_gguf(&g)?,
+    };
+    let tensors = g.tensors(&cfg, device, dtype)?;
+    let vb = VarBuilder::from_tensors(tensors, dtype, device);
+    let llama = llama::load_named(vb, cfg.clone(), &spec.location)?;
+    Ok(LoadedModel {
+        llama,
+        tokenizer,
+        bos: cfg.bos_token_id,
+        source: spec.location.clone(),
+    })
+}
+
+/// `--device`: where the models run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("{s:?} is not a device: use auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => write!(f, "auto"),
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Opens the device; `auto` falls back to the CPU with a hint when CUDA is missing.
+pub fn open_device(choice: &DeviceChoice) -> Result<(Device, Option<String>)> {
+    match choice {
+        DeviceChoice::Cpu => Ok((Device::Cpu, None)),
+        DeviceChoice::Cuda(n) => {
+            if !candle_core::utils::cuda_is_available() {
+                bail!(
+                    "--device {choice}: this gateau was built without CUDA; rebuild with \
+                     `cargo build --release --features cuda` (or flash-attn)"
+                );
+            }
+            let d = Device::new_cuda(*n).with_context(|| format!("cannot open --device {choice}"))?;
+            Ok((d, None))
+        }
+        DeviceChoice::Auto => {
+            if candle_core::utils::cuda_is_available() {
+                if let Ok(d) = Device::new_cuda(0) {
+                    return Ok((d, None));
+                }
+                return Ok((
+                    Device::Cpu,
+                    Some("no CUDA device could be opened; running on the CPU".into()),
+                ));
+            }
+            Ok((
+                Device::Cpu,
+                Some(
+                    "running on the CPU: this build has no CUDA (build with --features cuda \
+                     for GPUs)"
+                        .into(),
+                ),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_choices_parse() {
+        assert_eq!("cuda:3".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(3));
+        assert_eq!("cuda".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(0));
+        assert!("gpu".parse::<DeviceChoice>().is_err());
+    }
+
+    #[test]
+    fn hub_ids_are_recognised() {
+        assert!(looks_like_hub_id("THUDM/LongAlign-7B-64k-base"));
+        assert!(looks_like_hub_id("org/name@v1"));
+        assert!(!looks_like_hub_id("./models/x"));
+        assert!(!looks_like_hub_id("model"));
+    }
+}

@@ -1,0 +1,143 @@
+//! The model passes of one sample (spec sections 3-5): the long model's full pass with
+//! attention capture, the short model's pass (separate checkpoint or short window), and
+//! the CAM segment passes batched under a token budget.
+
+use crate::model::Llama;
+use crate::normalize::{cas, CamNorm};
+use crate::template::{segment_starts, Tokens};
+use anyhow::{bail, Result};
+
+/// Model A of HMG.
+pub enum ShortModel<'a> {
+    /// A separate checkpoint reading all of `S`.
+    Separate(&'a Llama),
+    /// Model B itself restricted to a window of this many tokens.
+    Window(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct PassSettings {
+    pub segment_len: usize,
+    pub max_segments: usize,
+    /// Most tokens in one batched segment forward pass.
+    pub max_batch_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleScores {
+    pub ppl_short: f64,
+    pub ppl_long: f64,
+    pub seg_ppl: Vec<f64>,
+    pub seg_attn: Vec<f64>,
+    pub cas: Option<f64>,
+    /// Tokens run through the models for this sample (all passes).
+    pub model_tokens: usize,
+}
+
+/// `exp(mean NLL)`, accumulated in f64.
+pub fn ppl(nll: &[f32]) -> f64 {
+    let sum: f64 = nll.iter().map(|&x| x as f64).sum();
+    (sum / nll.len().max(1) as f64).exp()
+}
+
+/// Splits `n` equal-length sequences into batches of at most `budget` tokens (at least one
+/// sequence per batch).
+pub fn batch_ranges(n: usize, seq_len: usize, budget: usize) -> Vec<std::ops::Range<usize>> {
+    let per = (budget / seq_len.max(1)).max(1);
+    (0..n).step_by(per).map(|s| s..(s + per).min(n)).collect()
+}
+
+/// Response perplexities of equal-length sequences whose responses start at `resp_start`.
+pub fn batched_ppl(
+    model: &Llama,
+    seqs: &[Vec<u32>],
+    resp_start: usize,
+    budget: usize,
+) -> Result<Vec<f64>> {
+    let Some(first) = seqs.first() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(seqs.len());
+    for r in batch_ranges(seqs.len(), first.len(), budget) {
+        let o = model.forward(&seqs[r], resp_start, false)?;
+        out.extend(o.nll.iter().map(|n| ppl(n)));
+    }
+    Ok(out)
+}
+
+/// Runs every pass of one sample.
+pub fn score_sample(
+    long: &Llama,
+    short: &ShortModel,
+    t: &Tokens,
+    s: &PassSettings,
+) -> Result<SampleScores> {
+    let full = t.full();
+    let rs = t.resp_start();
+    if rs == 0 {
+        bail!("nothing precedes the response: the model has no BOS and the prompt is empty");
+    }
+    let mut model_tokens = full.len();
+    let out = long.forward(std::slice::from_ref(&full), rs, true)?;
+    let ppl_long = ppl(&out.nll[0]);
+    let attention = out
+        .attention
+        .and_then(|mut a| a.pop())
+        .unwrap_or_default();
+
+    let ppl_short = match short {
+        ShortModel::Separate(m) => {
+            model_tokens += full.len();
+            ppl(&m.forward(std::slice::from_ref(&full), rs, false)?.nll[0])
+        }
+        ShortModel::Window(w) => {
+            let view = t.window(*w);
+            model_tokens += view.len();
+            // Without BOS and prompt, the first response token has nothing to condition
+            // on and is left out of the mean.
+            let from = (view.len() - t.resp.len()).max(1);
+            ppl(&long.forward(std::slice::from_ref(&view), from, false)?.nll[0])
+        }
+    };
+
+    let starts = segment_starts(t.ctx.len(), s.segment_len, s.max_segments);
+    let seqs: Vec<Vec<u32>> = starts.iter().map(|&st| t.segment(st, s.segment_len)).collect();
+    model_tokens += seqs.iter().map(|q| q.len()).sum::<usize>();
+    let seg_resp = t.resp_start() - t.ctx.len() + s.segment_len;
+    let seg_ppl = batched_ppl(long, &seqs, seg_resp, s.max_batch_tokens)?;
+    let base = t.ctx_start();
+    let seg_attn: Vec<f64> = starts
+        .iter()
+        .map(|&st| {
+            let keys = &attention[base + st..base + st + s.segment_len];
+            keys.iter().map(|&a| a as f64).sum::<f64>() / s.segment_len as f64
+        })
+        .collect();
+    let cas = cas(&seg_ppl, &seg_attn, CamNorm::Softmax);
+    Ok(SampleScores {
+        ppl_short,
+        ppl_long,
+        seg_ppl,
+        seg_attn,
+        cas,
+        model_tokens,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ppl_is_exp_mean_nll() {
+        let p = ppl(&[1.0, 3.0]);
+        assert!((p - 2f64.exp()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn batches_respect_the_budget() {
+        assert_eq!(batch_ranges(5, 100, 250), vec![0..2, 2..4, 4..5]);
+        assert_eq!(batch_ranges(2, 1000, 10), vec![0..1, 1..2]);
+        assert!(batch_ranges(0, 10, 10).is_empty());
+    }
+}

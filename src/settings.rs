@@ -1,0 +1,379 @@
+//! Settings resolved once per run: built-in paper defaults (configs/paper.json), then the
+//! user's config file, then flags. Validated here, logged by the caller.
+
+use crate::cli::{DTypeArg, ScoreArgs, SelectArgs, Shard};
+use crate::model::{DeviceChoice, ModelSpec};
+use crate::normalize::{CamNorm, HmgNorm};
+use crate::passes::PassSettings;
+use crate::template::Template;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// The paper's settings, compiled in.
+pub const PAPER_CONFIG: &str = include_str!("../configs/paper.json");
+
+/// Every key a config file may hold (all optional; `null` unsets a built-in default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub long_model: Option<String>,
+    pub short_model: Option<String>,
+    pub short_rope_theta: Option<f64>,
+    pub short_window: Option<usize>,
+    pub tokenizer: Option<PathBuf>,
+    pub device: Option<String>,
+    pub dtype: Option<DTypeArg>,
+    pub max_len: Option<usize>,
+    pub segment_len: Option<usize>,
+    pub max_segments: Option<usize>,
+    pub max_batch_tokens: Option<usize>,
+    pub alpha: Option<f64>,
+    pub ratio: Option<f64>,
+    pub top: Option<usize>,
+    pub hmg_norm: Option<HmgNorm>,
+    pub cam_norm: Option<CamNorm>,
+    pub template: Option<Template>,
+    pub data: Option<PathBuf>,
+    pub scores: Option<Vec<PathBuf>>,
+    pub out: Option<PathBuf>,
+    pub report: Option<PathBuf>,
+}
+
+/// Built-in defaults overlaid with the user's config file (key by key).
+pub fn load_config(path: Option<&Path>) -> Result<ConfigFile> {
+    let mut merged: Value = serde_json::from_str(PAPER_CONFIG).context("built-in config")?;
+    if let Some(p) = path {
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read --config {}", p.display()))?;
+        let user: Value = serde_json::from_str(&text)
+            .with_context(|| format!("--config {}: not valid JSON", p.display()))?;
+        let Value::Object(user) = user else {
+            bail!("--config {}: expected a JSON object of settings", p.display());
+        };
+        let base = merged.as_object_mut().expect("built-in config is an object");
+        for (k, v) in user {
+            base.insert(k, v);
+        }
+        // A user's scores list may be one path.
+        if let Some(s @ Value::String(_)) = base.get("scores").cloned() {
+            base.insert("scores".into(), Value::Array(vec![s]));
+        }
+    }
+    let cfg: ConfigFile = serde_json::from_value(merged).map_err(|e| {
+        anyhow!(
+            "{}: {e} (keys are the long flag names with _, e.g. \"max_len\")",
+            path.map_or("built-in config".into(), |p| format!("--config {}", p.display()))
+        )
+    })?;
+    Ok(cfg)
+}
+
+/// How model A is obtained.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShortSpec {
+    Model {
+        location: String,
+        rope_theta: Option<f64>,
+    },
+    Window(usize),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoreSettings {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub shard: Option<Shard>,
+    pub resume: bool,
+    pub overwrite: bool,
+    pub strict: bool,
+    pub quiet: bool,
+    pub long_model: String,
+    pub short: ShortSpec,
+    pub tokenizer: Option<PathBuf>,
+    pub device: String,
+    pub dtype: Option<DTypeArg>,
+    pub max_len: usize,
+    pub segment_len: usize,
+    pub max_segments: usize,
+    pub max_batch_tokens: usize,
+    pub template: Template,
+}
+
+fn need<T>(v: Option<T>, flag: &str) -> Result<T> {
+    v.ok_or_else(|| {
+        anyhow!(
+            "no {flag} given: pass {flag} or set \"{}\" in a --config file",
+            flag.trim_start_matches("--").replace('-', "_")
+        )
+    })
+}
+
+/// `data.jsonl` -> `data<suffix>` next to it.
+pub fn sibling(data: &Path, suffix: &str) -> PathBuf {
+    let stem = data
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = stem.strip_suffix(".jsonl").unwrap_or(&stem).to_string();
+    data.with_file_name(format!("{stem}{suffix}"))
+}
+
+fn positive(v: usize, flag: &str) -> Result<usize> {
+    if v == 0 {
+        bail!("{flag} must be at least 1");
+    }
+    Ok(v)
+}
+
+impl ScoreSettings {
+    pub fn resolve(a: &ScoreArgs) -> Result<Self> {
+        let c = load_config(a.common.config.as_deref())?;
+        let data = need(a.data.clone().or(c.data), "--data")?;
+        let shard = a.shard;
+        let out = a.out.clone().or(c.out).unwrap_or_else(|| match shard {
+            Some(s) => sibling(&data, &format!(".scores.{}-of-{}.jsonl", s.index, s.count)),
+            None => sibling(&data, ".scores.jsonl"),
+        });
+        let m = &a.models;
+        let short = if let Some(w) = m.short_window {
+            ShortSpec::Window(w)
+        } else if let Some(s) = &m.short_model {
+            ShortSpec::Model {
+                location: s.clone(),
+                rope_theta: m.short_rope_theta.or(c.short_rope_theta),
+            }
+        } else if let Some(w) = c.short_window {
+            ShortSpec::Window(w)
+        } else if let Some(s) = c.short_model {
+            ShortSpec::Model {
+                location: s,
+                rope_theta: m.short_rope_theta.or(c.short_rope_theta),
+            }
+        } else {
+            bail!("no short model: pass --short-model MODEL or --short-window W (or set one in --config)");
+        };
+        if let ShortSpec::Window(w) = short {
+            positive(w, "--short-window")?;
+        }
+        if let ShortSpec::Model { rope_theta: Some(t), .. } = short {
+            if t.is_nan() || t <= 0.0 {
+                bail!("--short-rope-theta must be positive, got {t}");
+            }
+        }
+        let device = match &m.device {
+            Some(d) => d.to_string(),
+            None => match c.device {
+                Some(d) => d
+                    .parse::<DeviceChoice>()
+                    .map_err(|e| anyhow!("config \"device\": {e}"))?
+                    .to_string(),
+                None => "auto".into(),
+            },
+        };
+        let p = &a.passes;
+        let s = Self {
+            out,
+            shard,
+            resume: a.resume,
+            overwrite: a.overwrite,
+            strict: a.common.strict,
+            quiet: a.common.quiet,
+            long_model: need(m.long_model.clone().or(c.long_model), "--long-model")?,
+            short,
+            tokenizer: m.tokenizer.clone().or(c.tokenizer),
+            device,
+            dtype: m.dtype.or(c.dtype),
+            max_len: positive(need(p.max_len.or(c.max_len), "--max-len")?, "--max-len")?,
+            segment_len: positive(
+                need(p.segment_len.or(c.segment_len), "--segment-len")?,
+                "--segment-len",
+            )?,
+            max_segments: positive(
+                need(p.max_segments.or(c.max_segments), "--max-segments")?,
+                "--max-segments",
+            )?,
+            max_batch_tokens: positive(
+                p.max_batch_tokens.or(c.max_batch_tokens).unwrap_or(16384),
+                "--max-batch-tokens",
+            )?,
+            template: c.template.unwrap_or_default(),
+            data,
+        };
+        if !s.data.is_file() {
+            bail!("--data {} does not exist or is not a file", s.data.display());
+        }
+        if same_file(&s.data, &s.out) {
+            bail!("--out {} is the input file; choose another path", s.out.display());
+        }
+        Ok(s)
+    }
+
+    pub fn long_spec(&self) -> ModelSpec {
+        ModelSpec {
+            location: self.long_model.clone(),
+            tokenizer: self.tokenizer.clone(),
+            rope_theta: None,
+        }
+    }
+
+    pub fn passes(&self) -> PassSettings {
+        PassSettings {
+            segment_len: self.segment_len,
+            max_segments: self.max_segments,
+            max_batch_tokens: self.max_batch_tokens,
+        }
+    }
+}
+
+/// How many samples `select` keeps.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    Ratio(f64),
+    Top(usize),
+}
+
+impl Keep {
+    /// `ceil(ratio * n)` with the spec's 1e-9 guard, or `min(top, n)`.
+    pub fn count(&self, n: usize) -> usize {
+        match *self {
+            Keep::Ratio(r) => ((r * n as f64 - 1e-9).ceil().max(0.0) as usize).min(n),
+            Keep::Top(t) => t.min(n),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SelectSettings {
+    pub data: PathBuf,
+    pub scores: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub keep: Keep,
+    pub alpha: f64,
+    pub hmg_norm: HmgNorm,
+    pub cam_norm: CamNorm,
+    pub keep_order: bool,
+    pub report: Option<PathBuf>,
+    pub strict: bool,
+    pub quiet: bool,
+}
+
+impl SelectSettings {
+    pub fn resolve(a: &SelectArgs) -> Result<Self> {
+        let c = load_config(a.common.config.as_deref())?;
+        let data = need(a.data.clone().or(c.data), "--data")?;
+        let scores = if !a.scores.is_empty() {
+            a.scores.clone()
+        } else if let Some(s) = c.scores.filter(|s| !s.is_empty()) {
+            s
+        } else {
+            vec![sibling(&data, ".scores.jsonl")]
+        };
+        let keep = match (a.top, a.ratio) {
+            (Some(t), _) => Keep::Top(t),
+            (None, Some(r)) => Keep::Ratio(r),
+            (None, None) => match (c.top, c.ratio) {
+                (Some(t), _) => Keep::Top(t),
+                (None, Some(r)) => Keep::Ratio(r),
+                (None, None) => bail!("no --ratio or --top given"),
+            },
+        };
+        if let Keep::Ratio(r) = keep {
+            if !(0.0..=1.0).contains(&r) {
+                bail!("--ratio must be in [0, 1], got {r}");
+            }
+        }
+        let alpha = need(a.alpha.or(c.alpha), "--alpha")?;
+        if !(0.0..=1.0).contains(&alpha) {
+            bail!("--alpha must be in [0, 1], got {alpha}");
+        }
+        let out = a
+            .out
+            .clone()
+            .or(c.out)
+            .unwrap_or_else(|| sibling(&data, ".selected.jsonl"));
+        for input in std::iter::once(&data).chain(&scores) {
+            if same_file(input, &out) {
+                bail!(
+                    "--out {} is one of the inputs; refusing to overwrite it",
+                    out.display()
+                );
+            }
+        }
+        if !data.is_file() {
+            bail!("--data {} does not exist or is not a file", data.display());
+        }
+        for s in &scores {
+            if !s.is_file() {
+                bail!(
+                    "score file {} does not exist (run `gateau score --data {}` first, or \
+                     pass --scores)",
+                    s.display(),
+                    data.display()
+                );
+            }
+        }
+        Ok(Self {
+            data,
+            scores,
+            out,
+            keep,
+            alpha,
+            hmg_norm: a.hmg_norm.or(c.hmg_norm).unwrap_or(HmgNorm::Minmax),
+            cam_norm: a.cam_norm.or(c.cam_norm).unwrap_or(CamNorm::Softmax),
+            keep_order: a.keep_order,
+            report: a.report.clone().or(c.report),
+            strict: a.common.strict,
+            quiet: a.common.quiet,
+        })
+    }
+}
+
+/// Whether two paths name one file (the second may not exist yet).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// For logs: the resolved settings as one JSON line.
+pub fn describe<T: Serialize>(s: &T) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_ceiling_is_exact() {
+        assert_eq!(Keep::Ratio(0.3).count(10), 3);
+        assert_eq!(Keep::Ratio(0.3).count(11), 4);
+        assert_eq!(Keep::Ratio(0.0).count(11), 0);
+        assert_eq!(Keep::Ratio(1.0).count(7), 7);
+        assert_eq!(Keep::Top(5).count(3), 3);
+    }
+
+    #[test]
+    fn built_in_config_is_the_papers() {
+        let c = load_config(None).unwrap();
+        assert_eq!(c.max_len, Some(64000));
+        assert_eq!(c.segment_len, Some(128));
+        assert_eq!(c.max_segments, Some(500));
+        assert_eq!(c.short_rope_theta, Some(2_000_000.0));
+        assert_eq!(c.alpha, Some(0.8));
+        assert_eq!(c.template.unwrap(), Template::default());
+    }
+
+    #[test]
+    fn sibling_names() {
+        assert_eq!(
+            sibling(Path::new("d/x.jsonl"), ".scores.jsonl"),
+            PathBuf::from("d/x.scores.jsonl")
+        );
+    }
+}
