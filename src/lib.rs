@@ -26,7 +26,19 @@ use std::process::ExitCode;
 
 /// Parses the command line and runs the subcommand.
 pub fn run() -> Result<ExitCode> {
-    let cli = cli::Cli::parse();
+    // clap exits 2 on usage errors; 2 means "finished with bad samples" here, so a usage
+    // error is reported as the error it is (1).
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return Ok(if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+    };
     match cli.command {
         cli::Command::Score(a) => score::run(settings::ScoreSettings::resolve(&a)?),
         cli::Command::Select(a) => select::run(settings::SelectSettings::resolve(&a)?),

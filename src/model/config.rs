@@ -135,14 +135,14 @@ impl ModelConfig {
         per_layer * self.num_layers as u64 + d * self.vocab_size as u64
     }
 
-    /// RoPE inverse frequencies, as HF computes them (f32), with LLaMA-3 scaling applied.
-    pub fn inv_freq(&self) -> Vec<f32> {
+    /// RoPE inverse frequencies `theta^(-2i/d)`, with LLaMA-3 scaling applied.
+    pub fn inv_freq(&self) -> Vec<f64> {
         let d = self.head_dim;
         let base: Vec<f64> = (0..d / 2)
             .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / d as f64))
             .collect();
         let Some(s) = &self.rope_scaling else {
-            return base.iter().map(|&f| f as f32).collect();
+            return base;
         };
         let old = s.original_max_position_embeddings as f64;
         let low_wavelen = old / s.low_freq_factor;
@@ -159,7 +159,7 @@ impl ModelConfig {
                 } else {
                     scaled
                 };
-                out as f32
+                out
             })
             .collect()
     }
@@ -191,8 +191,8 @@ mod tests {
     fn inv_freq_matches_definition() {
         let f = tiny().inv_freq();
         assert_eq!(f.len(), 2);
-        assert!((f[0] - 1.0).abs() < 1e-7);
-        assert!((f[1] - 0.01).abs() < 1e-7, "10000^(-2/4) = 0.01, got {}", f[1]);
+        assert!((f[0] - 1.0).abs() < 1e-15);
+        assert!((f[1] - 0.01).abs() < 1e-15, "10000^(-2/4) = 0.01, got {}", f[1]);
     }
 
     #[test]
@@ -212,7 +212,7 @@ mod tests {
         assert_eq!(plain[0], scaled[0]);
         // Lowest frequency: wavelength far above 8192, divided by the factor.
         let last = plain.len() - 1;
-        assert!((scaled[last] - plain[last] / 8.0).abs() <= 1e-6 * plain[last]);
+        assert!((scaled[last] - plain[last] / 8.0).abs() <= 1e-12 * plain[last]);
     }
 
     #[test]

@@ -108,7 +108,8 @@ impl Llama {
         self.dtype
     }
 
-    /// cos and sin tables `[t, head_dim / 2]` in the compute dtype, computed in f32 like HF.
+    /// cos and sin tables `[t, head_dim / 2]` in the compute dtype. Angles are formed in
+    /// f64: an f32 `position x frequency` is off by up to 4e-3 rad at 64k positions.
     fn rope_tables(&self, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let inv = self.cfg.inv_freq();
         let half = inv.len();
@@ -116,9 +117,9 @@ impl Llama {
         let mut sin = Vec::with_capacity(t * half);
         for p in 0..t {
             for &f in &inv {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
+                let a = p as f64 * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
             }
         }
         let cos = Tensor::from_vec(cos, (t, half), &self.device)?.to_dtype(self.dtype)?;
@@ -130,14 +131,7 @@ impl Llama {
         candle_nn::ops::rms_norm(&x.contiguous()?, w, self.cfg.rms_norm_eps as f32)
     }
 
-    /// Runs `tokens` (`B` sequences of equal length `T`) and scores positions
-    /// `score_from..T`; with `capture`, also returns the attention those rows pay to each key.
-    pub fn forward(
-        &self,
-        tokens: &[Vec<u32>],
-        score_from: usize,
-        capture: bool,
-    ) -> Result<ForwardOutput> {
+    fn check(&self, tokens: &[Vec<u32>], score_from: usize) -> Result<(usize, usize)> {
         let b = tokens.len();
         let t = tokens.first().map_or(0, |s| s.len());
         if b == 0 || t == 0 {
@@ -152,6 +146,18 @@ impl Llama {
         if let Some(bad) = tokens.iter().flatten().find(|&&x| x as usize >= self.cfg.vocab_size) {
             bail!("token id {bad} is outside the model's vocabulary of {}", self.cfg.vocab_size);
         }
+        Ok((b, t))
+    }
+
+    /// The decoder stack: final-normed hidden states of the rows that predict the scored
+    /// tokens `[B, T - score_from, D]`, and the captured attention mass `[B, T]` (summed).
+    fn trunk(
+        &self,
+        tokens: &[Vec<u32>],
+        score_from: usize,
+        capture: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (b, t) = self.check(tokens, score_from)?;
         let c = &self.cfg;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
@@ -189,35 +195,58 @@ impl Llama {
         }
         // Position p predicts token p + 1: the scored tokens score_from..T come from the
         // hidden states at score_from-1..T-1. Only those rows reach the vocabulary.
-        let r = t - score_from;
-        let hidden = self.rms_norm(&x.narrow(1, score_from - 1, r)?, &self.norm)?;
+        let hidden = self.rms_norm(&x.narrow(1, score_from - 1, t - score_from)?, &self.norm)?;
+        Ok((hidden, mass))
+    }
+
+    /// f32 logits of `rows` hidden states `[n, D]`.
+    fn logits(&self, rows: &Tensor) -> candle_core::Result<Tensor> {
+        rows.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
+    }
+
+    /// Runs `tokens` (`B` sequences of equal length `T`) and scores positions
+    /// `score_from..T`; with `capture`, also returns the attention those rows pay to each key.
+    pub fn forward(
+        &self,
+        tokens: &[Vec<u32>],
+        score_from: usize,
+        capture: bool,
+    ) -> Result<ForwardOutput> {
+        let (hidden, mass) = self.trunk(tokens, score_from, capture)?;
+        let c = &self.cfg;
+        let r = hidden.dim(1)?;
         let rows = (LOGIT_BUDGET / c.vocab_size).max(1);
-        let head_t = self.lm_head.t()?;
-        let mut nll = Vec::with_capacity(b);
+        let mut nll = Vec::with_capacity(tokens.len());
         for (bi, seq) in tokens.iter().enumerate() {
             let hb = hidden.get(bi)?;
             let mut out = Vec::with_capacity(r);
             let mut s = 0;
             while s < r {
                 let n = rows.min(r - s);
-                let logits = hb.narrow(0, s, n)?.matmul(&head_t)?.to_dtype(DType::F32)?;
-                let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-                let target: Vec<u32> = seq[score_from + s..score_from + s + n].to_vec();
+                let logp = candle_nn::ops::log_softmax(&self.logits(&hb.narrow(0, s, n)?)?, D::Minus1)?;
+                let target = seq[score_from + s..score_from + s + n].to_vec();
                 let target = Tensor::from_vec(target, (n, 1), &self.device)?;
-                let picked = logp.gather(&target, 1)?.squeeze(1)?.neg()?;
-                out.extend(picked.to_vec1::<f32>()?);
+                out.extend(logp.gather(&target, 1)?.squeeze(1)?.neg()?.to_vec1::<f32>()?);
                 s += n;
             }
             nll.push(out);
         }
         let attention = match mass {
             Some(m) => {
-                let denom = (c.num_layers * nh * r) as f64;
+                let denom = (c.num_layers * c.num_heads * r) as f64;
                 Some((m / denom)?.to_vec2::<f32>()?)
             }
             None => None,
         };
         Ok(ForwardOutput { nll, attention })
+    }
+
+    /// The f32 logits at the rows predicting positions `score_from..T` of one sequence
+    /// (for inspection and tests; scoring never materializes them all at once).
+    pub fn scored_logits(&self, tokens: &[u32], score_from: usize) -> Result<Vec<Vec<f32>>> {
+        let seq = [tokens.to_vec()];
+        let (hidden, _) = self.trunk(&seq, score_from, false)?;
+        Ok(self.logits(&hidden.get(0)?)?.to_vec2::<f32>()?)
     }
 }
 

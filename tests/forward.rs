@@ -1,0 +1,127 @@
+//! The forward pass against the plain-loop reference on tiny random models.
+
+use crate::common::*;
+use candle_core::{DType, Device};
+use gateau::model::{self, ModelSpec};
+
+fn load(dir: &std::path::Path, theta: Option<f64>) -> model::LoadedModel {
+    let spec = ModelSpec {
+        location: p(dir).to_string(),
+        tokenizer: None,
+        rope_theta: theta,
+    };
+    model::load(&spec, &Device::Cpu, DType::F32).unwrap()
+}
+
+fn tokens(seed: u64, n: usize) -> Vec<u32> {
+    let mut r = Rng::new(seed);
+    std::iter::once(BOS)
+        .chain((1..n).map(|_| r.below(256) as u32))
+        .collect()
+}
+
+/// Logits within 1e-5 of their row's scale (max |logit|; f32 round-off is uniform across a
+/// row, so element-wise relative error is meaningless near zero), attention mass within 1e-5
+/// relative (floor 1e-4, well under the mass a key receives in these models).
+fn check_against_naive(heads: usize, kv: usize, tied: bool, sharded: bool) {
+    let dir = tmp();
+    let tiny = Tiny::random(7 + heads as u64 + kv as u64, heads, kv, tied);
+    tiny.write(dir.path(), sharded);
+    let m = load(dir.path(), None);
+    // Long enough to cross several attention chunks would need > 16 rows; the chunking
+    // itself is unit-tested, here we use a sequence with a long scored tail.
+    let seq = tokens(3, 97);
+    let from = 60;
+    let naive = tiny.naive(&seq, tiny.rope_theta);
+    let logits = m.llama.scored_logits(&seq, from).unwrap();
+    for (i, row) in logits.iter().enumerate() {
+        let want_row = &naive.logits[from - 1 + i];
+        let scale = want_row.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for (v, (&got, &want)) in row.iter().zip(want_row).enumerate() {
+            let err = (got as f64 - want).abs() / scale;
+            assert!(err <= 1e-5, "logit row {i} token {v}: {got} vs {want} (row scale {scale})");
+        }
+    }
+    let out = m.llama.forward(std::slice::from_ref(&seq), from, true).unwrap();
+    let mass = &out.attention.as_ref().unwrap()[0];
+    let want = naive.mass(from);
+    assert_eq!(mass.len(), want.len());
+    let total: f64 = mass.iter().map(|&x| x as f64).sum();
+    assert!((total - 1.0).abs() < 1e-5, "mass sums to {total}");
+    for (j, (&g, &w)) in mass.iter().zip(&want).enumerate() {
+        let err = (g as f64 - w).abs() / w.abs().max(1e-4);
+        assert!(err <= 1e-5, "mass at key {j}: {g} vs {w}");
+    }
+    // Perplexity of the scored tail against the reference logits.
+    let nll = &out.nll[0];
+    for (a, b) in nll.iter().zip(naive.nll(&seq, from)) {
+        assert!((*a as f64 - b).abs() <= 1e-5 * b.abs().max(1.0), "nll {a} vs {b}");
+    }
+    let ppl = gateau::passes::ppl(nll);
+    assert_rel(ppl, naive.ppl(&seq, from), 1e-5, "response perplexity");
+}
+
+#[test]
+fn multi_head_tied_matches_naive() {
+    check_against_naive(4, 4, true, false);
+}
+
+#[test]
+fn grouped_query_untied_sharded_matches_naive() {
+    check_against_naive(4, 2, false, true);
+}
+
+#[test]
+fn rope_theta_override_changes_numbers_as_the_reference_does() {
+    let dir = tmp();
+    let tiny = Tiny::random(11, 4, 2, true);
+    tiny.write(dir.path(), false);
+    let m = load(dir.path(), Some(2_000_000.0));
+    let seq = tokens(5, 40);
+    let got = m.llama.forward(std::slice::from_ref(&seq), 20, false).unwrap();
+    let want = tiny.naive(&seq, 2_000_000.0);
+    let ppl = gateau::passes::ppl(&got.nll[0]);
+    assert_rel(ppl, want.ppl(&seq, 20), 1e-5, "ppl with theta 2e6");
+    let plain = tiny.naive(&seq, tiny.rope_theta).ppl(&seq, 20);
+    assert!(rel(ppl, plain) > 1e-4, "the override must matter");
+}
+
+#[test]
+fn batched_passes_equal_one_at_a_time() {
+    let dir = tmp();
+    Tiny::random(13, 4, 2, false).write(dir.path(), false);
+    let m = load(dir.path(), None);
+    let seqs: Vec<Vec<u32>> = (0..5).map(|s| tokens(100 + s, 50)).collect();
+    let batched = m.llama.forward(&seqs, 30, true).unwrap();
+    for (i, s) in seqs.iter().enumerate() {
+        let one = m.llama.forward(std::slice::from_ref(s), 30, true).unwrap();
+        for (a, b) in batched.nll[i].iter().zip(&one.nll[0]) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "seq {i}: {a} vs {b}");
+        }
+        let (ma, mb) = (&batched.attention.as_ref().unwrap()[i], &one.attention.as_ref().unwrap()[0]);
+        for (a, b) in ma.iter().zip(mb) {
+            assert!((a - b).abs() <= 1e-6, "seq {i} mass: {a} vs {b}");
+        }
+    }
+    // And the budgeted batching helper gives the same perplexities for any budget.
+    let all = gateau::passes::batched_ppl(&m.llama, &seqs, 30, 1 << 20).unwrap();
+    let small = gateau::passes::batched_ppl(&m.llama, &seqs, 30, 120).unwrap();
+    for (a, b) in all.iter().zip(&small) {
+        assert_rel(*a, *b, 1e-6, "batched_ppl with another budget");
+    }
+}
+
+#[test]
+fn missing_weight_file_names_it() {
+    let dir = tmp();
+    Tiny::random(1, 4, 4, true).write(dir.path(), true);
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let spec = ModelSpec {
+        location: p(dir.path()).to_string(),
+        tokenizer: None,
+        rope_theta: None,
+    };
+    let err = model::load(&spec, &Device::Cpu, DType::F32).err().unwrap();
+    assert!(format!("{err:#}").contains("model-00002-of-00002.safetensors"), "{err:#}");
+}
+
