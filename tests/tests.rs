@@ -2,5 +2,7 @@
 
 mod common;
 mod forward;
+mod hub;
 mod score_cli;
+mod select_cli;
 mod spec_ref;
