@@ -80,10 +80,7 @@ pub fn score_sample(
     let mut model_tokens = full.len();
     let out = long.forward(std::slice::from_ref(&full), rs, true)?;
     let ppl_long = ppl(&out.nll[0]);
-    let attention = out
-        .attention
-        .and_then(|mut a| a.pop())
-        .unwrap_or_default();
+    let attention = out.attention.and_then(|mut a| a.pop()).unwrap_or_default();
 
     let ppl_short = match short {
         ShortModel::Separate(m) => {
@@ -101,7 +98,10 @@ pub fn score_sample(
     };
 
     let starts = segment_starts(t.ctx.len(), s.segment_len, s.max_segments);
-    let seqs: Vec<Vec<u32>> = starts.iter().map(|&st| t.segment(st, s.segment_len)).collect();
+    let seqs: Vec<Vec<u32>> = starts
+        .iter()
+        .map(|&st| t.segment(st, s.segment_len))
+        .collect();
     model_tokens += seqs.iter().map(|q| q.len()).sum::<usize>();
     let seg_resp = t.resp_start() - t.ctx.len() + s.segment_len;
     let seg_ppl = batched_ppl(long, &seqs, seg_resp, s.max_batch_tokens)?;

@@ -62,8 +62,7 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.set_message(format!("{rate:.0} tok/s"));
             b.inc(1);
-        } else if self.plain
-            && (self.last_line.elapsed() >= PLAIN_EVERY || self.done == self.total)
+        } else if self.plain && (self.last_line.elapsed() >= PLAIN_EVERY || self.done == self.total)
         {
             self.last_line = Instant::now();
             let secs = self.start.elapsed().as_secs_f64();

@@ -48,7 +48,11 @@ pub struct ScoreRecord {
     pub seg_ppl: Option<Vec<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seg_attn: Option<Vec<f64>>,
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub cas: Option<Option<f64>>,
 }
 
@@ -94,7 +98,8 @@ mod tests {
         let back: ScoreRecord = serde_json::from_str(&text).unwrap();
         assert_eq!(back.cas, Some(None));
         let bad = ScoreRecord::failed(Value::from(1), 1, Status::Bad, "why".into());
-        let back: ScoreRecord = serde_json::from_str(&serde_json::to_string(&bad).unwrap()).unwrap();
+        let back: ScoreRecord =
+            serde_json::from_str(&serde_json::to_string(&bad).unwrap()).unwrap();
         assert_eq!(back.cas, None);
     }
 }

@@ -78,7 +78,13 @@ fn open_output(path: &Path, resume: bool, overwrite: bool) -> Result<(File, Exis
             )
         })?;
         let key = rec.id_key();
-        if rec.status != Status::Bad || !rec.error.as_deref().unwrap_or("").starts_with("duplicate id") {
+        if rec.status != Status::Bad
+            || !rec
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("duplicate id")
+        {
             existing.ids.push((key.clone(), rec.line));
         }
         existing.lines.insert(rec.line, key);
@@ -111,7 +117,12 @@ fn prepare(raw: &RawLine, lm: &LoadedModel, s: &ScoreSettings) -> Result<Prepare
                 TokenizeError::TooLong { .. } => Status::Skipped,
                 TokenizeError::EmptyResponse => Status::Bad,
             };
-            Prepared::Failed(ScoreRecord::failed(sample.id, sample.line, status, e.to_string()))
+            Prepared::Failed(ScoreRecord::failed(
+                sample.id,
+                sample.line,
+                status,
+                e.to_string(),
+            ))
         }
     })
 }
@@ -170,7 +181,10 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
                 rope_theta: *rope_theta,
             };
             let m = model::load(&spec, &device, dtype)?;
-            let (a, b) = (m.tokenizer.get_vocab_size(true), long.tokenizer.get_vocab_size(true));
+            let (a, b) = (
+                m.tokenizer.get_vocab_size(true),
+                long.tokenizer.get_vocab_size(true),
+            );
             if a != b {
                 bail!(
                     "--short-model {location} and --long-model {} are not homologous: their \
@@ -284,7 +298,10 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
                 eprintln!("  {r}");
             }
             if tally.reported.len() > 50 {
-                eprintln!("  ... and {} more (see the records' \"error\" fields)", tally.reported.len() - 50);
+                eprintln!(
+                    "  ... and {} more (see the records' \"error\" fields)",
+                    tally.reported.len() - 50
+                );
             }
         }
     }

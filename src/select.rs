@@ -195,7 +195,8 @@ pub fn run(s: SelectSettings) -> Result<ExitCode> {
             .collect(),
     };
     if let Some(path) = &s.report {
-        let f = File::create(path).with_context(|| format!("cannot create --report {}", path.display()))?;
+        let f = File::create(path)
+            .with_context(|| format!("cannot create --report {}", path.display()))?;
         serde_json::to_writer_pretty(BufWriter::new(f), &report)
             .with_context(|| format!("cannot write --report {}", path.display()))?;
     }
@@ -214,7 +215,8 @@ fn write_selection(s: &SelectSettings, chosen: &[Ranked], offsets: &[(u64, usize
     if s.keep_order {
         order.sort_unstable();
     }
-    let mut input = File::open(&s.data).with_context(|| format!("cannot open {}", s.data.display()))?;
+    let mut input =
+        File::open(&s.data).with_context(|| format!("cannot open {}", s.data.display()))?;
     let tmp = s.out.with_extension("partial");
     let mut w = BufWriter::new(
         File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
@@ -237,11 +239,21 @@ fn stats(ranked: &[Ranked], by_line: &HashMap<u64, &ScoreRecord>) -> BTreeMap<St
     m.insert("score".into(), Stats::of(ranked.iter().map(|r| r.score)));
     m.insert("hmp".into(), Stats::of(ranked.iter().map(|r| r.hmp)));
     m.insert("cas".into(), Stats::of(ranked.iter().filter_map(|r| r.cas)));
-    m.insert("ppl_short".into(), Stats::of(ranked.iter().filter_map(|r| rec(r).ppl_short)));
-    m.insert("ppl_long".into(), Stats::of(ranked.iter().filter_map(|r| rec(r).ppl_long)));
+    m.insert(
+        "ppl_short".into(),
+        Stats::of(ranked.iter().filter_map(|r| rec(r).ppl_short)),
+    );
+    m.insert(
+        "ppl_long".into(),
+        Stats::of(ranked.iter().filter_map(|r| rec(r).ppl_long)),
+    );
     m.insert(
         "n_tokens".into(),
-        Stats::of(ranked.iter().filter_map(|r| rec(r).n_tokens.map(|n| n as f64))),
+        Stats::of(
+            ranked
+                .iter()
+                .filter_map(|r| rec(r).n_tokens.map(|n| n as f64)),
+        ),
     );
     m
 }
@@ -305,7 +317,10 @@ fn human_summary(r: &Report, s: &SelectSettings) -> String {
         s.out.display()
     );
     if let Some(cut) = r.cutoff_score {
-        out += &format!("  cut-off score {cut:.6} (alpha {}, hmg {:?}, cam {:?})\n", s.alpha, s.hmg_norm, s.cam_norm);
+        out += &format!(
+            "  cut-off score {cut:.6} (alpha {}, hmg {:?}, cam {:?})\n",
+            s.alpha, s.hmg_norm, s.cam_norm
+        );
     }
     out += "  rank  line  id                     score     HMP      CAS     ppl_short ppl_long\n";
     for row in r.samples.iter().filter(|x| x.selected).take(5) {

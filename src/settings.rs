@@ -50,9 +50,14 @@ pub fn load_config(path: Option<&Path>) -> Result<ConfigFile> {
         let user: Value = serde_json::from_str(&text)
             .with_context(|| format!("--config {}: not valid JSON", p.display()))?;
         let Value::Object(user) = user else {
-            bail!("--config {}: expected a JSON object of settings", p.display());
+            bail!(
+                "--config {}: expected a JSON object of settings",
+                p.display()
+            );
         };
-        let base = merged.as_object_mut().expect("built-in config is an object");
+        let base = merged
+            .as_object_mut()
+            .expect("built-in config is an object");
         for (k, v) in user {
             base.insert(k, v);
         }
@@ -64,7 +69,10 @@ pub fn load_config(path: Option<&Path>) -> Result<ConfigFile> {
     let cfg: ConfigFile = serde_json::from_value(merged).map_err(|e| {
         anyhow!(
             "{}: {e} (keys are the long flag names with _, e.g. \"max_len\")",
-            path.map_or("built-in config".into(), |p| format!("--config {}", p.display()))
+            path.map_or("built-in config".into(), |p| format!(
+                "--config {}",
+                p.display()
+            ))
         )
     })?;
     Ok(cfg)
@@ -158,7 +166,11 @@ impl ScoreSettings {
         if let ShortSpec::Window(w) = short {
             positive(w, "--short-window")?;
         }
-        if let ShortSpec::Model { rope_theta: Some(t), .. } = short {
+        if let ShortSpec::Model {
+            rope_theta: Some(t),
+            ..
+        } = short
+        {
             if t.is_nan() || t <= 0.0 {
                 bail!("--short-rope-theta must be positive, got {t}");
             }
@@ -203,10 +215,16 @@ impl ScoreSettings {
             data,
         };
         if !s.data.is_file() {
-            bail!("--data {} does not exist or is not a file", s.data.display());
+            bail!(
+                "--data {} does not exist or is not a file",
+                s.data.display()
+            );
         }
         if same_file(&s.data, &s.out) {
-            bail!("--out {} is the input file; choose another path", s.out.display());
+            bail!(
+                "--out {} is the input file; choose another path",
+                s.out.display()
+            );
         }
         Ok(s)
     }

@@ -149,7 +149,12 @@ impl Tokens {
 
     /// `[BOS] + head + ctx[start..start+len] + mid + resp`.
     pub fn segment(&self, start: usize, len: usize) -> Vec<u32> {
-        self.join(&[&self.head, &self.ctx[start..start + len], &self.mid, &self.resp])
+        self.join(&[
+            &self.head,
+            &self.ctx[start..start + len],
+            &self.mid,
+            &self.resp,
+        ])
     }
 
     /// Self-homologous model A's input: `[BOS] + last tokens of (head+ctx+mid) + resp`,

@@ -61,19 +61,69 @@ impl Tiny {
             let v: Vec<f32> = (0..n).map(|_| offset + scale * rng.uniform()).collect();
             w.insert(name, (v, shape));
         };
-        put("model.embed_tokens.weight".into(), vec![VOCAB, hidden], 1.0, 0.0);
+        put(
+            "model.embed_tokens.weight".into(),
+            vec![VOCAB, hidden],
+            1.0,
+            0.0,
+        );
         for l in 0..layers {
             let p = format!("model.layers.{l}");
-            put(format!("{p}.input_layernorm.weight"), vec![hidden], 0.2, 1.0);
-            put(format!("{p}.post_attention_layernorm.weight"), vec![hidden], 0.2, 1.0);
+            put(
+                format!("{p}.input_layernorm.weight"),
+                vec![hidden],
+                0.2,
+                1.0,
+            );
+            put(
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![hidden],
+                0.2,
+                1.0,
+            );
             // Large Q/K scales make attention clearly non-uniform.
-            put(format!("{p}.self_attn.q_proj.weight"), vec![heads * hd, hidden], 0.6, 0.0);
-            put(format!("{p}.self_attn.k_proj.weight"), vec![kv_heads * hd, hidden], 0.6, 0.0);
-            put(format!("{p}.self_attn.v_proj.weight"), vec![kv_heads * hd, hidden], 0.3, 0.0);
-            put(format!("{p}.self_attn.o_proj.weight"), vec![hidden, heads * hd], 0.3, 0.0);
-            put(format!("{p}.mlp.gate_proj.weight"), vec![inter, hidden], 0.3, 0.0);
-            put(format!("{p}.mlp.up_proj.weight"), vec![inter, hidden], 0.3, 0.0);
-            put(format!("{p}.mlp.down_proj.weight"), vec![hidden, inter], 0.3, 0.0);
+            put(
+                format!("{p}.self_attn.q_proj.weight"),
+                vec![heads * hd, hidden],
+                0.6,
+                0.0,
+            );
+            put(
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![kv_heads * hd, hidden],
+                0.6,
+                0.0,
+            );
+            put(
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![kv_heads * hd, hidden],
+                0.3,
+                0.0,
+            );
+            put(
+                format!("{p}.self_attn.o_proj.weight"),
+                vec![hidden, heads * hd],
+                0.3,
+                0.0,
+            );
+            put(
+                format!("{p}.mlp.gate_proj.weight"),
+                vec![inter, hidden],
+                0.3,
+                0.0,
+            );
+            put(
+                format!("{p}.mlp.up_proj.weight"),
+                vec![inter, hidden],
+                0.3,
+                0.0,
+            );
+            put(
+                format!("{p}.mlp.down_proj.weight"),
+                vec![hidden, inter],
+                0.3,
+                0.0,
+            );
         }
         put("model.norm.weight".into(), vec![hidden], 0.2, 1.0);
         if !tied {
@@ -114,7 +164,10 @@ impl Tiny {
         self.w
             .iter()
             .map(|(k, (v, s))| {
-                (k.clone(), Tensor::from_vec(v.clone(), s.as_slice(), &Device::Cpu).unwrap())
+                (
+                    k.clone(),
+                    Tensor::from_vec(v.clone(), s.as_slice(), &Device::Cpu).unwrap(),
+                )
             })
             .collect()
     }
@@ -123,7 +176,11 @@ impl Tiny {
     pub fn write(&self, dir: &Path, sharded: bool) {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("config.json"), self.config_json().to_string()).unwrap();
-        std::fs::write(dir.join("tokenizer.json"), byte_tokenizer_json().to_string()).unwrap();
+        std::fs::write(
+            dir.join("tokenizer.json"),
+            byte_tokenizer_json().to_string(),
+        )
+        .unwrap();
         let all = self.tensors();
         if !sharded {
             candle_core::safetensors::save(&all, dir.join("model.safetensors")).unwrap();
@@ -271,7 +328,9 @@ impl Tiny {
                 for i in 0..t {
                     let s: Vec<f64> = (0..=i)
                         .map(|j| {
-                            (0..hd).map(|e| q[i][hh * hd + e] * k[j][kh * hd + e]).sum::<f64>()
+                            (0..hd)
+                                .map(|e| q[i][hh * hd + e] * k[j][kh * hd + e])
+                                .sum::<f64>()
                                 / (hd as f64).sqrt()
                         })
                         .collect();
@@ -292,10 +351,22 @@ impl Tiny {
                 for e in 0..d {
                     x[i][e] += o[e];
                 }
-                let h2 = rms(&x[i], self.m(&format!("{p}.post_attention_layernorm.weight")), self.eps);
-                let g = matvec(self.m(&format!("{p}.mlp.gate_proj.weight")), self.inter, &h2);
+                let h2 = rms(
+                    &x[i],
+                    self.m(&format!("{p}.post_attention_layernorm.weight")),
+                    self.eps,
+                );
+                let g = matvec(
+                    self.m(&format!("{p}.mlp.gate_proj.weight")),
+                    self.inter,
+                    &h2,
+                );
                 let u = matvec(self.m(&format!("{p}.mlp.up_proj.weight")), self.inter, &h2);
-                let act: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+                let act: Vec<f64> = g
+                    .iter()
+                    .zip(&u)
+                    .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                    .collect();
                 let dn = matvec(self.m(&format!("{p}.mlp.down_proj.weight")), d, &act);
                 for e in 0..d {
                     x[i][e] += dn[e];
@@ -357,7 +428,11 @@ pub fn rel(a: f64, b: f64) -> f64 {
 }
 
 pub fn assert_rel(a: f64, b: f64, tol: f64, what: &str) {
-    assert!(rel(a, b) <= tol, "{what}: {a} vs reference {b} (relative {:.2e} > {tol:.0e})", rel(a, b));
+    assert!(
+        rel(a, b) <= tol,
+        "{what}: {a} vs reference {b} (relative {:.2e} > {tol:.0e})",
+        rel(a, b)
+    );
 }
 
 /// A fresh temporary folder.

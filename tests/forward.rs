@@ -39,10 +39,16 @@ fn check_against_naive(heads: usize, kv: usize, tied: bool, sharded: bool) {
         let scale = want_row.iter().fold(0f64, |m, v| m.max(v.abs()));
         for (v, (&got, &want)) in row.iter().zip(want_row).enumerate() {
             let err = (got as f64 - want).abs() / scale;
-            assert!(err <= 1e-5, "logit row {i} token {v}: {got} vs {want} (row scale {scale})");
+            assert!(
+                err <= 1e-5,
+                "logit row {i} token {v}: {got} vs {want} (row scale {scale})"
+            );
         }
     }
-    let out = m.llama.forward(std::slice::from_ref(&seq), from, true).unwrap();
+    let out = m
+        .llama
+        .forward(std::slice::from_ref(&seq), from, true)
+        .unwrap();
     let mass = &out.attention.as_ref().unwrap()[0];
     let want = naive.mass(from);
     assert_eq!(mass.len(), want.len());
@@ -55,7 +61,10 @@ fn check_against_naive(heads: usize, kv: usize, tied: bool, sharded: bool) {
     // Perplexity of the scored tail against the reference logits.
     let nll = &out.nll[0];
     for (a, b) in nll.iter().zip(naive.nll(&seq, from)) {
-        assert!((*a as f64 - b).abs() <= 1e-5 * b.abs().max(1.0), "nll {a} vs {b}");
+        assert!(
+            (*a as f64 - b).abs() <= 1e-5 * b.abs().max(1.0),
+            "nll {a} vs {b}"
+        );
     }
     let ppl = gateau::passes::ppl(nll);
     assert_rel(ppl, naive.ppl(&seq, from), 1e-5, "response perplexity");
@@ -78,7 +87,10 @@ fn rope_theta_override_changes_numbers_as_the_reference_does() {
     tiny.write(dir.path(), false);
     let m = load(dir.path(), Some(2_000_000.0));
     let seq = tokens(5, 40);
-    let got = m.llama.forward(std::slice::from_ref(&seq), 20, false).unwrap();
+    let got = m
+        .llama
+        .forward(std::slice::from_ref(&seq), 20, false)
+        .unwrap();
     let want = tiny.naive(&seq, 2_000_000.0);
     let ppl = gateau::passes::ppl(&got.nll[0]);
     assert_rel(ppl, want.ppl(&seq, 20), 1e-5, "ppl with theta 2e6");
@@ -96,9 +108,15 @@ fn batched_passes_equal_one_at_a_time() {
     for (i, s) in seqs.iter().enumerate() {
         let one = m.llama.forward(std::slice::from_ref(s), 30, true).unwrap();
         for (a, b) in batched.nll[i].iter().zip(&one.nll[0]) {
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "seq {i}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "seq {i}: {a} vs {b}"
+            );
         }
-        let (ma, mb) = (&batched.attention.as_ref().unwrap()[i], &one.attention.as_ref().unwrap()[0]);
+        let (ma, mb) = (
+            &batched.attention.as_ref().unwrap()[i],
+            &one.attention.as_ref().unwrap()[0],
+        );
         for (a, b) in ma.iter().zip(mb) {
             assert!((a - b).abs() <= 1e-6, "seq {i} mass: {a} vs {b}");
         }
@@ -122,6 +140,8 @@ fn missing_weight_file_names_it() {
         rope_theta: None,
     };
     let err = model::load(&spec, &Device::Cpu, DType::F32).err().unwrap();
-    assert!(format!("{err:#}").contains("model-00002-of-00002.safetensors"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("model-00002-of-00002.safetensors"),
+        "{err:#}"
+    );
 }
-

@@ -16,14 +16,17 @@ fn hub_id_from_the_offline_cache_equals_the_folder() {
     f.long.write(&repo.join("snapshots").join(commit), false);
 
     let by_folder = f.path("folder.jsonl");
-    assert!(crate::score_cli::score(&f.args(&by_folder)).status.success());
+    assert!(crate::score_cli::score(&f.args(&by_folder))
+        .status
+        .success());
     let by_hub = f.path("hub.jsonl");
     let mut args = f.args(&by_hub);
     let at = args.iter().position(|a| a == "--long-model").unwrap();
     args[at + 1] = "acme/tiny-llama".into();
     let o = gateau().args(&args).env("HF_HOME", &home).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let (a, b): (Vec<ScoreRecord>, Vec<ScoreRecord>) = (read_jsonl(&by_folder), read_jsonl(&by_hub));
+    let (a, b): (Vec<ScoreRecord>, Vec<ScoreRecord>) =
+        (read_jsonl(&by_folder), read_jsonl(&by_hub));
     assert_eq!(a, b);
 
     args[at + 1] = "acme/absent".into();
@@ -31,7 +34,9 @@ fn hub_id_from_the_offline_cache_equals_the_folder() {
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(
-        err.contains("acme/absent") && err.contains("not in the local hub cache") && err.contains("HF_HUB_OFFLINE"),
+        err.contains("acme/absent")
+            && err.contains("not in the local hub cache")
+            && err.contains("HF_HUB_OFFLINE"),
         "{err}"
     );
 }

@@ -11,9 +11,14 @@ const SEG: usize = 16;
 
 /// Random words for contexts and answers.
 pub fn words(rng: &mut Rng, n: usize) -> String {
-    const W: &[&str] = &["river", "stone", "amber", "lantern", "orbit", "quiet", "meadow",
-        "copper", "signal", "harbor", "velvet", "ember", "north", "tide", "cedar"];
-    (0..n).map(|_| W[rng.below(W.len())]).collect::<Vec<_>>().join(" ")
+    const W: &[&str] = &[
+        "river", "stone", "amber", "lantern", "orbit", "quiet", "meadow", "copper", "signal",
+        "harbor", "velvet", "ember", "north", "tide", "cedar",
+    ];
+    (0..n)
+        .map(|_| W[rng.below(W.len())])
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub struct Fixture {
@@ -52,7 +57,13 @@ impl Fixture {
         }
         let data = dir.path().join("data.jsonl");
         std::fs::write(&data, lines.join("\n") + "\n").unwrap();
-        Self { dir, long, model, data, samples }
+        Self {
+            dir,
+            long,
+            model,
+            data,
+            samples,
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -61,12 +72,27 @@ impl Fixture {
 
     /// Arguments for a window-mode CPU run writing to `out`.
     pub fn args<'a>(&'a self, out: &'a Path) -> Vec<String> {
-        ["score", "--data", p(&self.data), "--out", p(out), "--long-model", p(&self.model),
-         "--short-window", "48", "--segment-len", "16", "--max-len", "4096", "--device", "cpu",
-         "--quiet"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "score",
+            "--data",
+            p(&self.data),
+            "--out",
+            p(out),
+            "--long-model",
+            p(&self.model),
+            "--short-window",
+            "48",
+            "--segment-len",
+            "16",
+            "--max-len",
+            "4096",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     }
 }
 
@@ -122,14 +148,40 @@ fn separate_short_model_with_rope_override_and_truncation() {
     let short_dir = f.path("short");
     short.write(&short_dir, false);
     let out = f.path("scores.jsonl");
-    let o = run(&["score", "--data", p(&f.data), "--out", p(&out), "--long-model", p(&f.model),
-        "--short-model", p(&short_dir), "--short-rope-theta", "2000000", "--segment-len", "16",
-        "--max-segments", "3", "--max-len", "120", "--device", "cpu", "--quiet"]);
+    let o = run(&[
+        "score",
+        "--data",
+        p(&f.data),
+        "--out",
+        p(&out),
+        "--long-model",
+        p(&f.model),
+        "--short-model",
+        p(&short_dir),
+        "--short-rope-theta",
+        "2000000",
+        "--segment-len",
+        "16",
+        "--max-segments",
+        "3",
+        "--max-len",
+        "120",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let recs: Vec<ScoreRecord> = read_jsonl(&out);
     let mut truncated = 0;
     for (r, (_, c, x, y)) in recs.iter().zip(&f.samples) {
-        let want = reference(&f.long, &RefShort::Model(&short, 2_000_000.0), (c, x, y), SEG, 3, 120);
+        let want = reference(
+            &f.long,
+            &RefShort::Model(&short, 2_000_000.0),
+            (c, x, y),
+            SEG,
+            3,
+            120,
+        );
         truncated += usize::from(want.truncated);
         check_record(r, &want);
     }
@@ -167,7 +219,13 @@ fn bad_input_is_reported_with_line_and_reason() {
     let recs: Vec<ScoreRecord> = read_jsonl(&out);
     let by: Vec<(u64, Status, String)> = recs
         .iter()
-        .map(|r| (r.line, r.status, r.error.clone().unwrap_or_else(|| r.warnings.join("; "))))
+        .map(|r| {
+            (
+                r.line,
+                r.status,
+                r.error.clone().unwrap_or_else(|| r.warnings.join("; ")),
+            )
+        })
         .collect();
     let expect: &[(u64, Status, &str)] = &[
         (0, Status::Ok, ""),
@@ -175,7 +233,11 @@ fn bad_input_is_reported_with_line_and_reason() {
         (2, Status::Bad, "missing field \"output\""),
         (3, Status::Bad, "empty response"),
         (4, Status::Ok, "no context: cas is null"),
-        (5, Status::Ok, "context of 12 tokens has 0 segment(s) of 16: cas is null"),
+        (
+            5,
+            Status::Ok,
+            "context of 12 tokens has 0 segment(s) of 16: cas is null",
+        ),
         (6, Status::Skipped, "too long"),
         (7, Status::Bad, "invalid UTF-8 at byte 29"),
         (8, Status::Bad, "duplicate id \"s0\" (first on line 0)"),
@@ -185,12 +247,18 @@ fn bad_input_is_reported_with_line_and_reason() {
     assert_eq!(by.len(), expect.len(), "{by:?}");
     for ((line, st, why), (el, est, ewhy)) in by.iter().zip(expect) {
         assert_eq!((line, st), (el, est), "{why}");
-        assert!(why.starts_with(ewhy), "line {line}: {why:?} should start with {ewhy:?}");
+        assert!(
+            why.starts_with(ewhy),
+            "line {line}: {why:?} should start with {ewhy:?}"
+        );
     }
     assert_eq!(recs[4].cas, Some(None), "no context: cas null");
     let err = stderr(&o);
     for line in [1, 2, 3, 6, 7, 8, 9, 10] {
-        assert!(err.contains(&format!("line {line} ")), "stderr names line {line}:\n{err}");
+        assert!(
+            err.contains(&format!("line {line} ")),
+            "stderr names line {line}:\n{err}"
+        );
     }
     assert!(err.contains("7 bad"), "{err}");
     assert!(err.contains("1 skipped"), "{err}");
@@ -208,7 +276,10 @@ fn strict_stops_at_the_first_bad_line() {
     let o = score(&args);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.contains("line 0") && err.contains("malformed JSON") && err.contains("--strict"), "{err}");
+    assert!(
+        err.contains("line 0") && err.contains("malformed JSON") && err.contains("--strict"),
+        "{err}"
+    );
 }
 
 fn by_line(recs: Vec<ScoreRecord>) -> std::collections::BTreeMap<u64, ScoreRecord> {
@@ -227,7 +298,13 @@ fn resume_after_a_cut_equals_an_uninterrupted_run() {
     let text = std::fs::read_to_string(&full).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     // Three whole records and half of the fourth, as after a kill mid-write.
-    let cut = format!("{}\n{}\n{}\n{}", lines[0], lines[1], lines[2], &lines[3][..lines[3].len() / 2]);
+    let cut = format!(
+        "{}\n{}\n{}\n{}",
+        lines[0],
+        lines[1],
+        lines[2],
+        &lines[3][..lines[3].len() / 2]
+    );
     let part = f.path("part.jsonl");
     std::fs::write(&part, cut).unwrap();
     // Without --resume the file is protected.
@@ -243,9 +320,22 @@ fn resume_after_a_cut_equals_an_uninterrupted_run() {
     for (l, r) in &a {
         let s = &b[l];
         assert_eq!(r.id, s.id);
-        assert_rel(s.ppl_long.unwrap(), r.ppl_long.unwrap(), 1e-9, "resumed ppl_long");
-        assert_rel(s.ppl_short.unwrap(), r.ppl_short.unwrap(), 1e-9, "resumed ppl_short");
-        assert_eq!(s.seg_ppl.as_ref().unwrap().len(), r.seg_ppl.as_ref().unwrap().len());
+        assert_rel(
+            s.ppl_long.unwrap(),
+            r.ppl_long.unwrap(),
+            1e-9,
+            "resumed ppl_long",
+        );
+        assert_rel(
+            s.ppl_short.unwrap(),
+            r.ppl_short.unwrap(),
+            1e-9,
+            "resumed ppl_short",
+        );
+        assert_eq!(
+            s.seg_ppl.as_ref().unwrap().len(),
+            r.seg_ppl.as_ref().unwrap().len()
+        );
     }
 }
 
@@ -269,7 +359,12 @@ fn shards_union_equals_the_unsharded_run() {
     let full = by_line(read_jsonl(&full));
     assert_eq!(full.len(), union.len());
     for (l, r) in &full {
-        assert_rel(union[l].ppl_long.unwrap(), r.ppl_long.unwrap(), 1e-9, "shard ppl_long");
+        assert_rel(
+            union[l].ppl_long.unwrap(),
+            r.ppl_long.unwrap(),
+            1e-9,
+            "shard ppl_long",
+        );
         assert_eq!(union[l].cas, r.cas);
     }
 }

@@ -8,7 +8,11 @@ use serde_json::{json, Value};
 /// Eq. 6 written out again for the hand-made records below.
 fn expected_scores(short: &[f64], long: &[f64], cas: &[f64], alpha: f64) -> Vec<f64> {
     let mm = |x: &[f64]| {
-        let (lo, hi) = x.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(*v), h.max(*v)));
+        let (lo, hi) = x
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+                (l.min(*v), h.max(*v))
+            });
         x.iter().map(|v| (v - lo) / (hi - lo)).collect::<Vec<_>>()
     };
     let sm = |x: &[f64]| {
@@ -17,7 +21,10 @@ fn expected_scores(short: &[f64], long: &[f64], cas: &[f64], alpha: f64) -> Vec<
     };
     let hmp: Vec<f64> = mm(short).iter().zip(mm(long)).map(|(a, b)| a - b).collect();
     let (a, b) = (sm(&hmp), sm(cas));
-    a.iter().zip(b).map(|(x, y)| alpha * x + (1.0 - alpha) * y).collect()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| alpha * x + (1.0 - alpha) * y)
+        .collect()
 }
 
 struct Case {
@@ -37,7 +44,10 @@ fn case() -> Case {
     let dir = tmp();
     let lines: Vec<String> = ["a", "b", "bad", "c", "d", "a", "f"]
         .iter()
-        .map(|id| json!({"id": id, "instruction": "q", "input": "c", "output": format!("answer {id}")}).to_string())
+        .map(|id| {
+            json!({"id": id, "instruction": "q", "input": "c", "output": format!("answer {id}")})
+                .to_string()
+        })
         .collect();
     let data = dir.path().join("data.jsonl");
     // The last line has no newline: a selected one must get one in the output.
@@ -62,12 +72,31 @@ fn select(c: &Case, extra: &[&str]) -> (std::process::Output, String, Value) {
     let rep = c.dir.path().join("report.json");
     let s0 = c.dir.path().join("s0.jsonl");
     let s1 = c.dir.path().join("s1.jsonl");
-    let mut args = vec!["select", "--data", p(&c.data), "--scores", p(&s0), p(&s1), "--out", p(&out),
-        "--report", p(&rep), "--alpha", "0.8", "--hmg-norm", "minmax", "--cam-norm", "l1", "--quiet"];
+    let mut args = vec![
+        "select",
+        "--data",
+        p(&c.data),
+        "--scores",
+        p(&s0),
+        p(&s1),
+        "--out",
+        p(&out),
+        "--report",
+        p(&rep),
+        "--alpha",
+        "0.8",
+        "--hmg-norm",
+        "minmax",
+        "--cam-norm",
+        "l1",
+        "--quiet",
+    ];
     args.extend(extra);
     let o = run(&args);
     let sel = std::fs::read_to_string(&out).unwrap_or_default();
-    let report = std::fs::read_to_string(&rep).map(|t| serde_json::from_str(&t).unwrap()).unwrap_or(Value::Null);
+    let report = std::fs::read_to_string(&rep)
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap_or(Value::Null);
     (o, sel, report)
 }
 
@@ -76,16 +105,35 @@ fn ranking_output_bytes_and_report() {
     let c = case();
     // CAS under l1: a 1, b 0.6, c null -> min 0.6, d cos([.5,.5],[.25,.75]) = 0.5/sqrt(0.5*0.625).
     let d_cas = 0.5 / (0.5f64 * 0.625).sqrt();
-    let want = expected_scores(&[4.0, 2.0, 3.0, 2.0], &[2.0, 2.0, 1.0, 4.0], &[1.0, 0.6, 0.6, d_cas], 0.8);
+    let want = expected_scores(
+        &[4.0, 2.0, 3.0, 2.0],
+        &[2.0, 2.0, 1.0, 4.0],
+        &[1.0, 0.6, 0.6, d_cas],
+        0.8,
+    );
     // Worked out: a 0.395, c 0.323, b 0.164, d 0.118.
     let (o, sel, rep) = select(&c, &["--ratio", "0.75"]);
-    assert_eq!(o.status.code(), Some(2), "bad/missing/duplicate samples were reported: {}", stderr(&o));
-    assert_eq!(sel, format!("{}\n{}\n{}\n", c.lines[0], c.lines[3], c.lines[1]));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "bad/missing/duplicate samples were reported: {}",
+        stderr(&o)
+    );
+    assert_eq!(
+        sel,
+        format!("{}\n{}\n{}\n", c.lines[0], c.lines[3], c.lines[1])
+    );
     let samples = rep["samples"].as_array().unwrap();
-    let order: Vec<u64> = samples.iter().map(|s| s["line"].as_u64().unwrap()).collect();
+    let order: Vec<u64> = samples
+        .iter()
+        .map(|s| s["line"].as_u64().unwrap())
+        .collect();
     assert_eq!(order, vec![0, 3, 1, 4]);
     for (s, w) in samples.iter().zip([want[0], want[2], want[1], want[3]]) {
-        assert!((s["score"].as_f64().unwrap() - w).abs() < 1e-12, "{s} vs {w}");
+        assert!(
+            (s["score"].as_f64().unwrap() - w).abs() < 1e-12,
+            "{s} vs {w}"
+        );
     }
     assert!((samples[3]["cas"].as_f64().unwrap() - d_cas).abs() < 1e-12);
     assert!(samples[1]["cas"].is_null(), "c had no segments");
@@ -99,7 +147,10 @@ fn ranking_output_bytes_and_report() {
     assert_eq!(rep["bad"][0]["line"], 2);
     assert_eq!(rep["bad"][0]["reason"], "empty response");
     assert_eq!(rep["missing_lines"], json!([6]));
-    assert_eq!(rep["duplicate_ids"][0], json!({"id": "a", "kept_line": 0, "dropped_lines": [5]}));
+    assert_eq!(
+        rep["duplicate_ids"][0],
+        json!({"id": "a", "kept_line": 0, "dropped_lines": [5]})
+    );
     assert!((rep["cutoff_score"].as_f64().unwrap() - want[1]).abs() < 1e-12);
 }
 
@@ -110,7 +161,13 @@ fn top_keep_order_and_missing_final_newline() {
     assert_eq!(sel, format!("{}\n{}\n", c.lines[0], c.lines[3]));
     // All four: d (last line, no newline in the input) gets one.
     let (_, sel, _) = select(&c, &["--top", "10"]);
-    assert_eq!(sel, format!("{}\n{}\n{}\n{}\n", c.lines[0], c.lines[3], c.lines[1], c.lines[4]));
+    assert_eq!(
+        sel,
+        format!(
+            "{}\n{}\n{}\n{}\n",
+            c.lines[0], c.lines[3], c.lines[1], c.lines[4]
+        )
+    );
     // ceil(0.3 * 4) = 2; ceil(0.5 * 4) = 2 exactly.
     for (r, n) in [("0.3", 2), ("0.5", 2), ("0.51", 3), ("0", 0)] {
         let (_, sel, _) = select(&c, &["--ratio", r]);
@@ -122,9 +179,25 @@ fn top_keep_order_and_missing_final_newline() {
 fn refuses_to_overwrite_inputs_and_strict_fails() {
     let c = case();
     let s0 = c.dir.path().join("s0.jsonl");
-    let o = run(&["select", "--data", p(&c.data), "--scores", p(&s0), "--out", p(&c.data), "--ratio", "0.5", "--alpha", "0.8"]);
+    let o = run(&[
+        "select",
+        "--data",
+        p(&c.data),
+        "--scores",
+        p(&s0),
+        "--out",
+        p(&c.data),
+        "--ratio",
+        "0.5",
+        "--alpha",
+        "0.8",
+    ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("refusing to overwrite"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("refusing to overwrite"),
+        "{}",
+        stderr(&o)
+    );
     let (o, _, _) = select(&c, &["--ratio", "0.5", "--strict"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--strict"), "{}", stderr(&o));
@@ -148,7 +221,10 @@ fn design_card_command_works_with_a_config() {
     assert_eq!(sel.lines().count(), 3, "ceil(0.3 * 10)");
     let data = std::fs::read_to_string(&f.data).unwrap();
     for l in sel.lines() {
-        assert!(data.lines().any(|d| d == l), "selected lines are input lines");
+        assert!(
+            data.lines().any(|d| d == l),
+            "selected lines are input lines"
+        );
     }
     let err = stderr(&o);
     assert!(err.contains("kept 3 of 10"), "{err}");

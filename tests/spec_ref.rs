@@ -44,7 +44,14 @@ pub fn reference(
     if truncated {
         ctx = ctx[fixed + ctx.len() - max_len..].to_vec();
     }
-    let s: Vec<u32> = [vec![BOS], head.clone(), ctx.clone(), mid.clone(), resp.clone()].concat();
+    let s: Vec<u32> = [
+        vec![BOS],
+        head.clone(),
+        ctx.clone(),
+        mid.clone(),
+        resp.clone(),
+    ]
+    .concat();
     let rs = s.len() - resp.len();
     let nl = long.naive(&s, long.rope_theta);
     let ppl_long = nl.ppl(&s, rs);
@@ -54,8 +61,14 @@ pub fn reference(
         RefShort::Window(w) => {
             let prefix = [head.clone(), ctx.clone(), mid.clone()].concat();
             let keep = w.saturating_sub(1 + resp.len()).min(prefix.len());
-            let v: Vec<u32> = [vec![BOS], prefix[prefix.len() - keep..].to_vec(), resp.clone()].concat();
-            long.naive(&v, long.rope_theta).ppl(&v, v.len() - resp.len())
+            let v: Vec<u32> = [
+                vec![BOS],
+                prefix[prefix.len() - keep..].to_vec(),
+                resp.clone(),
+            ]
+            .concat();
+            long.naive(&v, long.rope_theta)
+                .ppl(&v, v.len() - resp.len())
         }
     };
     let n = ctx.len() / seg_len;
@@ -68,8 +81,18 @@ pub fn reference(
     let mut seg_attn = Vec::new();
     for i in idx {
         let piece = &ctx[i * seg_len..(i + 1) * seg_len];
-        let q: Vec<u32> = [vec![BOS], head.clone(), piece.to_vec(), mid.clone(), resp.clone()].concat();
-        seg_ppl.push(long.naive(&q, long.rope_theta).ppl(&q, q.len() - resp.len()));
+        let q: Vec<u32> = [
+            vec![BOS],
+            head.clone(),
+            piece.to_vec(),
+            mid.clone(),
+            resp.clone(),
+        ]
+        .concat();
+        seg_ppl.push(
+            long.naive(&q, long.rope_theta)
+                .ppl(&q, q.len() - resp.len()),
+        );
         let at = 1 + head.len() + i * seg_len;
         seg_attn.push(mass[at..at + seg_len].iter().sum::<f64>() / seg_len as f64);
     }

@@ -26,7 +26,10 @@ pub struct SampleError {
 fn text_field(obj: &Map<String, Value>, key: &str, required: bool) -> Result<String, String> {
     match obj.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err(format!("field {key:?} must be a string, found {}", kind(other))),
+        Some(other) => Err(format!(
+            "field {key:?} must be a string, found {}",
+            kind(other)
+        )),
         None if required => Err(format!("missing field {key:?}")),
         None => Ok(String::new()),
     }
@@ -60,7 +63,10 @@ fn longalign(obj: &Map<String, Value>) -> Result<(String, String, String), Strin
     let content = |i: usize| -> Result<String, String> {
         match msgs[i].get("content") {
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => Err(format!("messages[{i}].content must be a string, found {}", kind(other))),
+            Some(other) => Err(format!(
+                "messages[{i}].content must be a string, found {}",
+                kind(other)
+            )),
             None => Err(format!("messages[{i}] has no \"content\"")),
         }
     };
@@ -92,7 +98,10 @@ pub fn parse_line(raw: &RawLine) -> Result<Sample, SampleError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| bad(fallback.clone(), format!("malformed JSON: {e}")))?;
     let Value::Object(obj) = value else {
-        return Err(bad(fallback, format!("expected a JSON object, found {}", kind(&value))));
+        return Err(bad(
+            fallback,
+            format!("expected a JSON object, found {}", kind(&value)),
+        ));
     };
     let id = match obj.get("id") {
         Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null)) => v.clone(),
@@ -117,9 +126,11 @@ pub fn parse_line(raw: &RawLine) -> Result<Sample, SampleError> {
             ))
         })()
     } else {
-        Err("no usable shape: expected \"messages\" (LongAlign), \"instruction\"/\"input\"/\
+        Err(
+            "no usable shape: expected \"messages\" (LongAlign), \"instruction\"/\"input\"/\
              \"output\" (Alpaca) or \"context\"/\"instruction\"/\"response\""
-            .to_string())
+                .to_string(),
+        )
     };
     let (context, instruction, response) = shape.map_err(|r| bad(id.clone(), r))?;
     if response.is_empty() {
@@ -163,30 +174,49 @@ mod tests {
 
     #[test]
     fn longalign_without_blank_line_has_no_context() {
-        assert_eq!(split_user_turn("just ask"), (String::new(), "just ask".to_string()));
+        assert_eq!(
+            split_user_turn("just ask"),
+            (String::new(), "just ask".to_string())
+        );
     }
 
     #[test]
     fn alpaca_without_input_and_explicit_shape() {
         let s = parse_line(&raw(r#"{"instruction":"i","output":"o"}"#)).unwrap();
         assert_eq!((s.context.as_str(), s.id.clone()), ("", Value::from(7u64)));
-        let s = parse_line(&raw(r#"{"id":[1],"context":"c","instruction":"i","response":"r"}"#)).unwrap();
+        let s = parse_line(&raw(
+            r#"{"id":[1],"context":"c","instruction":"i","response":"r"}"#,
+        ))
+        .unwrap();
         assert_eq!(s.context, "c");
-        assert_eq!(s.id, Value::from(7u64), "non-scalar id falls back to the line");
+        assert_eq!(
+            s.id,
+            Value::from(7u64),
+            "non-scalar id falls back to the line"
+        );
     }
 
     #[test]
     fn bad_lines_say_why() {
         let reason = |s: &str| parse_line(&raw(s)).unwrap_err().reason;
         assert!(reason("{not json").starts_with("malformed JSON"));
-        assert_eq!(reason(r#"{"instruction":"i","output":""}"#), "empty response");
-        assert_eq!(reason(r#"{"instruction":"i","input":"c"}"#), "missing field \"output\"");
+        assert_eq!(
+            reason(r#"{"instruction":"i","output":""}"#),
+            "empty response"
+        );
+        assert_eq!(
+            reason(r#"{"instruction":"i","input":"c"}"#),
+            "missing field \"output\""
+        );
         assert!(reason(r#"{"foo":1}"#).starts_with("no usable shape"));
         assert_eq!(
             reason(r#"{"messages":[{"role":"user","content":"q"}]}"#),
             "no assistant turn after the first user turn"
         );
-        let r = parse_line(&RawLine { number: 0, bytes: b"{\"a\":\"\xff\"}".to_vec() });
+        let r = parse_line(&RawLine {
+            number: 0,
+            bytes: b"{\"a\":\"\xff\"}".to_vec(),
+        });
         assert_eq!(r.unwrap_err().reason, "invalid UTF-8 at byte 6");
     }
 }

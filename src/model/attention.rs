@@ -122,7 +122,10 @@ mod tests {
 
     #[test]
     fn mask_is_causal() {
-        let m = causal_mask(2, 2, 4, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let m = causal_mask(2, 2, 4, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(m[0][..3], [0.0, 0.0, 0.0]);
         assert!(m[0][3].is_infinite());
         assert_eq!(m[1], vec![0.0; 4]);
@@ -136,7 +139,12 @@ mod tests {
         let v = Tensor::randn(0f32, 1.0, (1, 2, 23, 4), &dev).unwrap();
         let one = chunked_attention(&q, &k, &v, Some(9), 1000).unwrap();
         let many = chunked_attention(&q, &k, &v, Some(9), 4).unwrap();
-        let diff = (one.out - many.out).unwrap().abs().unwrap().max_all().unwrap();
+        let diff = (one.out - many.out)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
         let (a, b) = (one.mass.unwrap(), many.mass.unwrap());
         let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();

@@ -150,16 +150,19 @@ impl ModelConfig {
         base.iter()
             .map(|&f| {
                 let wavelen = 2.0 * std::f64::consts::PI / f;
-                let scaled = if wavelen > low_wavelen { f / s.factor } else { f };
+                let scaled = if wavelen > low_wavelen {
+                    f / s.factor
+                } else {
+                    f
+                };
                 let medium = (high_wavelen..=low_wavelen).contains(&wavelen);
-                let out = if medium {
+                if medium {
                     let smooth = (old / wavelen - s.low_freq_factor)
                         / (s.high_freq_factor - s.low_freq_factor);
                     (1.0 - smooth) * scaled / s.factor + smooth * scaled
                 } else {
                     scaled
-                };
-                out
+                }
             })
             .collect()
     }
@@ -192,7 +195,11 @@ mod tests {
         let f = tiny().inv_freq();
         assert_eq!(f.len(), 2);
         assert!((f[0] - 1.0).abs() < 1e-15);
-        assert!((f[1] - 0.01).abs() < 1e-15, "10000^(-2/4) = 0.01, got {}", f[1]);
+        assert!(
+            (f[1] - 0.01).abs() < 1e-15,
+            "10000^(-2/4) = 0.01, got {}",
+            f[1]
+        );
     }
 
     #[test]

@@ -33,7 +33,10 @@ impl GgufFile {
 
     fn need(&self, key: &str) -> Result<&Value> {
         self.get(key).ok_or_else(|| {
-            anyhow!("{}: GGUF metadata key {key:?} is missing", self.path.display())
+            anyhow!(
+                "{}: GGUF metadata key {key:?} is missing",
+                self.path.display()
+            )
         })
     }
 
@@ -116,7 +119,8 @@ impl GgufFile {
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             bos_token_id: self.u32_of("tokenizer.ggml.bos_token_id")?,
         };
-        cfg.validate().with_context(|| format!("{p}: invalid model shape"))?;
+        cfg.validate()
+            .with_context(|| format!("{p}: invalid model shape"))?;
         Ok(cfg)
     }
 
@@ -221,7 +225,10 @@ mod tests {
             hf_name("blk.12.attn_q.weight").unwrap(),
             "model.layers.12.self_attn.q_proj.weight"
         );
-        assert_eq!(hf_name("token_embd.weight").unwrap(), "model.embed_tokens.weight");
+        assert_eq!(
+            hf_name("token_embd.weight").unwrap(),
+            "model.embed_tokens.weight"
+        );
         assert!(hf_name("blk.x.attn_q.weight").is_none());
         assert!(hf_name("blk.0.attn_qkv.weight").is_none());
     }
@@ -229,12 +236,18 @@ mod tests {
     #[test]
     fn unpermute_inverts_llama_cpp_permutation() {
         // One head of 4 rows: llama.cpp stores rows [0, 2, 1, 3] (pairs (i, i + d/2)).
-        let w = Tensor::arange(0f32, 8.0, &Device::Cpu).unwrap().reshape((4, 2)).unwrap();
+        let w = Tensor::arange(0f32, 8.0, &Device::Cpu)
+            .unwrap()
+            .reshape((4, 2))
+            .unwrap();
         let p = permute(&w, 1).unwrap();
         assert_eq!(
             p.to_vec2::<f32>().unwrap(),
             vec![vec![0., 1.], vec![4., 5.], vec![2., 3.], vec![6., 7.]]
         );
-        assert_eq!(unpermute(&p, 1).unwrap().to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
+        assert_eq!(
+            unpermute(&p, 1).unwrap().to_vec2::<f32>().unwrap(),
+            w.to_vec2::<f32>().unwrap()
+        );
     }
 }

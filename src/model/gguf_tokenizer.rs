@@ -30,7 +30,9 @@ fn strings(g: &GgufFile, key: &str) -> Result<Vec<String>> {
 
 fn numbers(g: &GgufFile, key: &str) -> Result<Option<Vec<f64>>> {
     let Some(v) = g.get(key) else { return Ok(None) };
-    let items = v.to_vec().map_err(|e| anyhow!("{}: {key}: {e}", g.path.display()))?;
+    let items = v
+        .to_vec()
+        .map_err(|e| anyhow!("{}: {key}: {e}", g.path.display()))?;
     items
         .iter()
         .map(|x| {
@@ -134,7 +136,11 @@ fn gpt2_json(g: &GgufFile, tokens: &[String], types: &[f64]) -> Result<Value> {
 /// SentencePiece BPE merges recovered from the vocabulary and scores, as the reference
 /// converter does: every split of a piece into two known pieces, ranked by the piece score.
 pub fn spm_merges(tokens: &[String], scores: &[f64]) -> Vec<(String, String)> {
-    let ids: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let ids: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
     let mut merges: Vec<(String, String, f64)> = Vec::new();
     for (piece, &score) in tokens.iter().zip(scores) {
         let mut local = Vec::new();
@@ -194,7 +200,10 @@ mod tests {
 
     #[test]
     fn spm_merges_rank_by_merged_piece_score() {
-        let t: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"].iter().map(|s| s.to_string()).collect();
+        let t: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let s = [0.0, 0.0, 0.0, -1.0, -2.0, -0.5];
         let m = spm_merges(&t, &s);
         // "abc" (score -0.5) splits as a+bc and ab+c, ordered by the left id then right id;

@@ -26,7 +26,10 @@ struct Layer {
 }
 
 fn linear(vb: &VarBuilder, out: usize, inp: usize, name: &str) -> candle_core::Result<Linear> {
-    Ok(Linear::new(vb.get((out, inp), &format!("{name}.weight"))?, None))
+    Ok(Linear::new(
+        vb.get((out, inp), &format!("{name}.weight"))?,
+        None,
+    ))
 }
 
 impl Layer {
@@ -143,8 +146,15 @@ impl Llama {
         if score_from == 0 || score_from >= t {
             bail!("scored positions must start in 1..{t}, got {score_from}");
         }
-        if let Some(bad) = tokens.iter().flatten().find(|&&x| x as usize >= self.cfg.vocab_size) {
-            bail!("token id {bad} is outside the model's vocabulary of {}", self.cfg.vocab_size);
+        if let Some(bad) = tokens
+            .iter()
+            .flatten()
+            .find(|&&x| x as usize >= self.cfg.vocab_size)
+        {
+            bail!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                self.cfg.vocab_size
+            );
         }
         Ok((b, t))
     }
@@ -223,10 +233,16 @@ impl Llama {
             let mut s = 0;
             while s < r {
                 let n = rows.min(r - s);
-                let logp = candle_nn::ops::log_softmax(&self.logits(&hb.narrow(0, s, n)?)?, D::Minus1)?;
+                let logp =
+                    candle_nn::ops::log_softmax(&self.logits(&hb.narrow(0, s, n)?)?, D::Minus1)?;
                 let target = seq[score_from + s..score_from + s + n].to_vec();
                 let target = Tensor::from_vec(target, (n, 1), &self.device)?;
-                out.extend(logp.gather(&target, 1)?.squeeze(1)?.neg()?.to_vec1::<f32>()?);
+                out.extend(
+                    logp.gather(&target, 1)?
+                        .squeeze(1)?
+                        .neg()?
+                        .to_vec1::<f32>()?,
+                );
                 s += n;
             }
             nll.push(out);

@@ -75,7 +75,10 @@ pub fn folder_files(dir: &Path) -> Result<HfFiles> {
     let tok = dir.join("tokenizer.json");
     let index = dir.join("model.safetensors.index.json");
     let weights = if index.is_file() {
-        shard_names(&index)?.into_iter().map(|s| dir.join(s)).collect()
+        shard_names(&index)?
+            .into_iter()
+            .map(|s| dir.join(s))
+            .collect()
     } else {
         vec![dir.join("model.safetensors")]
     };
@@ -135,7 +138,12 @@ fn looks_like_hub_id(s: &str) -> bool {
     parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && !p.starts_with('.'))
 }
 
-fn load_hf(spec: &ModelSpec, files: &HfFiles, device: &Device, dtype: DType) -> Result<LoadedModel> {
+fn load_hf(
+    spec: &ModelSpec,
+    files: &HfFiles,
+    device: &Device,
+    dtype: DType,
+) -> Result<LoadedModel> {
     let mut cfg = ModelConfig::from_hf_file(&files.config)?;
     if let Some(theta) = spec.rope_theta {
         cfg.rope_theta = theta;
@@ -230,7 +238,8 @@ pub fn open_device(choice: &DeviceChoice) -> Result<(Device, Option<String>)> {
                      `cargo build --release --features cuda` (or flash-attn)"
                 );
             }
-            let d = Device::new_cuda(*n).with_context(|| format!("cannot open --device {choice}"))?;
+            let d =
+                Device::new_cuda(*n).with_context(|| format!("cannot open --device {choice}"))?;
             Ok((d, None))
         }
         DeviceChoice::Auto => {
@@ -261,8 +270,14 @@ mod tests {
 
     #[test]
     fn device_choices_parse() {
-        assert_eq!("cuda:3".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(3));
-        assert_eq!("cuda".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(0));
+        assert_eq!(
+            "cuda:3".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(3)
+        );
+        assert_eq!(
+            "cuda".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(0)
+        );
         assert!("gpu".parse::<DeviceChoice>().is_err());
     }
 
