@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 use serde_json::json;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 pub const BOS: u32 = 256;
@@ -467,8 +467,4 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
 
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
-}
-
-pub fn join(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
 }
