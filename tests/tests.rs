@@ -5,4 +5,5 @@ mod forward;
 mod hub;
 mod score_cli;
 mod select_cli;
+mod smollm2;
 mod spec_ref;
