@@ -29,6 +29,45 @@ pub enum Command {
     Score(ScoreArgs),
     /// Rank score records across the dataset and write the selected samples.
     Select(SelectArgs),
+    /// Time every phase on random-weight models of a named shape (tokens/s, TFLOP/s, MFU).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    /// Model shape, built with random weights directly on the device.
+    #[arg(long, value_enum, default_value = "llama2-7b")]
+    pub shape: crate::bench::Shape,
+    /// Context lengths in tokens, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "16384,65536")]
+    pub ctx: Vec<usize>,
+    /// Response tokens per sample.
+    #[arg(long, default_value_t = 512)]
+    pub resp: usize,
+    /// Instruction (mid) tokens per sample.
+    #[arg(long, default_value_t = 64)]
+    pub mid: usize,
+    /// Segment length L.
+    #[arg(long, default_value_t = 128)]
+    pub segment_len: usize,
+    /// Segment passes timed per context length.
+    #[arg(long, default_value_t = 32)]
+    pub segments: usize,
+    /// Most tokens in one batched segment pass.
+    #[arg(long, default_value_t = 16384)]
+    pub max_batch_tokens: usize,
+    /// Timed repetitions after one warm-up.
+    #[arg(long, default_value_t = 2)]
+    pub repeat: usize,
+    /// Device: auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Compute dtype [default: bf16 on CUDA, f32 on CPU].
+    #[arg(long, value_enum)]
+    pub dtype: Option<DTypeArg>,
+    /// Also write the JSON lines to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// Options shared by every subcommand.

@@ -6,6 +6,7 @@
 //! -> `record` (per-sample output) -> `selection` (dataset-level ranking) -> `report`.
 //! `score` and `select` drive the two subcommands; `cli` and `settings` are the interface.
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod model;
@@ -42,5 +43,6 @@ pub fn run() -> Result<ExitCode> {
     match cli.command {
         cli::Command::Score(a) => score::run(settings::ScoreSettings::resolve(&a)?),
         cli::Command::Select(a) => select::run(settings::SelectSettings::resolve(&a)?),
+        cli::Command::Bench(a) => bench::run(settings::bench_settings(&a)?),
     }
 }

@@ -9,7 +9,6 @@ use crate::record::{ScoreRecord, Status};
 use crate::settings::{describe, ScoreSettings, ShortSpec};
 use crate::template::{tokenize, TokenizeError, Tokens};
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::DType;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -154,13 +153,7 @@ struct Tally {
 
 pub fn run(s: ScoreSettings) -> Result<ExitCode> {
     let (device, hint) = model::open_device(&s.device.parse().map_err(|e: String| anyhow!(e))?)?;
-    let dtype = match s.dtype {
-        Some(crate::cli::DTypeArg::F32) => DType::F32,
-        Some(crate::cli::DTypeArg::Bf16) => DType::BF16,
-        Some(crate::cli::DTypeArg::F16) => DType::F16,
-        None if device.is_cuda() => DType::BF16,
-        None => DType::F32,
-    };
+    let dtype = crate::settings::resolve_dtype(s.dtype, &device);
     if !s.quiet {
         if let Some(h) = hint {
             eprintln!("gateau: {h}");

@@ -350,6 +350,36 @@ impl SelectSettings {
     }
 }
 
+/// `gateau bench` settings: the dtype default follows the device.
+pub fn bench_settings(a: &crate::cli::BenchArgs) -> Result<crate::bench::BenchSettings> {
+    let (device, _) = crate::model::open_device(&a.device)?;
+    Ok(crate::bench::BenchSettings {
+        shape: a.shape,
+        contexts: a.ctx.clone(),
+        resp: positive(a.resp, "--resp")?,
+        mid: a.mid,
+        segment_len: positive(a.segment_len, "--segment-len")?,
+        segments: a.segments,
+        max_batch_tokens: positive(a.max_batch_tokens, "--max-batch-tokens")?,
+        repeat: positive(a.repeat, "--repeat")?,
+        device: a.device.clone(),
+        dtype: resolve_dtype(a.dtype, &device),
+        json: a.json.clone(),
+    })
+}
+
+/// `--dtype`, defaulting to bf16 on CUDA and f32 on the CPU.
+pub fn resolve_dtype(d: Option<DTypeArg>, device: &candle_core::Device) -> candle_core::DType {
+    use candle_core::DType;
+    match d {
+        Some(DTypeArg::F32) => DType::F32,
+        Some(DTypeArg::Bf16) => DType::BF16,
+        Some(DTypeArg::F16) => DType::F16,
+        None if device.is_cuda() => DType::BF16,
+        None => DType::F32,
+    }
+}
+
 /// Whether two paths name one file (the second may not exist yet).
 pub fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {

@@ -25,13 +25,21 @@ pub fn gguf() -> &'static Path {
         let o = std::process::Command::new(root().join("scripts/fetch-smollm2.sh"))
             .output()
             .expect("run scripts/fetch-smollm2.sh");
-        assert!(o.status.success(), "fetch-smollm2.sh failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "fetch-smollm2.sh failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         PathBuf::from(String::from_utf8(o.stdout).unwrap().trim())
     })
 }
 
 fn load(location: &Path) -> model::LoadedModel {
-    let spec = ModelSpec { location: p(location).into(), tokenizer: None, rope_theta: None };
+    let spec = ModelSpec {
+        location: p(location).into(),
+        tokenizer: None,
+        rope_theta: None,
+    };
     model::load(&spec, &Device::Cpu, DType::F32).unwrap()
 }
 
@@ -62,14 +70,21 @@ fn gguf_tokenizer_equals_the_reference_tokenizer() {
     let encodings: Vec<Encoding> = read_jsonl(&fixtures().join("encodings.jsonl"));
     assert!(encodings.len() >= 10);
     for e in &encodings {
-        let got = ours.encode(e.text.as_str(), false).unwrap().get_ids().to_vec();
+        let got = ours
+            .encode(e.text.as_str(), false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
         assert_eq!(got, e.ids, "{:?}", e.text);
     }
     // And every piece of the bundled example, as the scorer encodes it.
     let example = root().join("examples/longalign-mini.jsonl");
     let mut pieces = 0;
     for line in std::fs::read_to_string(example).unwrap().lines() {
-        let raw = gateau::data::RawLine { number: 0, bytes: line.as_bytes().to_vec() };
+        let raw = gateau::data::RawLine {
+            number: 0,
+            bytes: line.as_bytes().to_vec(),
+        };
         let s = gateau::data::parse_line(&raw).unwrap();
         let mid = format!("\n\n### Instruction:\n{}\n\n### Response:\n", s.instruction);
         for text in [s.context.as_str(), mid.as_str(), s.response.as_str()] {
@@ -85,9 +100,15 @@ fn gguf_tokenizer_equals_the_reference_tokenizer() {
 #[test]
 fn gguf_config_is_read_from_metadata() {
     let c = GgufFile::open(gguf()).unwrap().config().unwrap();
-    assert_eq!((c.num_layers, c.hidden_size, c.intermediate_size), (30, 576, 1536));
+    assert_eq!(
+        (c.num_layers, c.hidden_size, c.intermediate_size),
+        (30, 576, 1536)
+    );
     assert_eq!((c.num_heads, c.num_kv_heads, c.head_dim), (9, 3, 64));
-    assert_eq!((c.vocab_size, c.max_position_embeddings, c.bos_token_id), (49152, 8192, Some(1)));
+    assert_eq!(
+        (c.vocab_size, c.max_position_embeddings, c.bos_token_id),
+        (49152, 8192, Some(1))
+    );
     assert_eq!(c.rope_theta, 100000.0);
     assert!(c.tie_word_embeddings);
 }
@@ -99,11 +120,22 @@ fn forward_matches_the_reference_library() {
     assert!(!refs.is_empty());
     for r in &refs {
         let from = r.ids.len() - r.n_response;
-        let out = m.llama.forward(std::slice::from_ref(&r.ids), from, false).unwrap();
+        let out = m
+            .llama
+            .forward(std::slice::from_ref(&r.ids), from, false)
+            .unwrap();
         for (a, b) in out.nll[0].iter().zip(&r.response_nll) {
-            assert!((*a as f64 - b).abs() <= 1e-3 * b.abs().max(1.0), "nll {a} vs {b}");
+            assert!(
+                (*a as f64 - b).abs() <= 1e-3 * b.abs().max(1.0),
+                "nll {a} vs {b}"
+            );
         }
-        assert_rel(gateau::passes::ppl(&out.nll[0]), r.ppl, 1e-3, "SmolLM2 response perplexity");
+        assert_rel(
+            gateau::passes::ppl(&out.nll[0]),
+            r.ppl,
+            1e-3,
+            "SmolLM2 response perplexity",
+        );
         let logits = &m.llama.scored_logits(&r.ids, from).unwrap()[0];
         for &(tok, want) in &r.top5_logits_before_response {
             assert_rel(logits[tok as usize] as f64, want, 1e-3, "top-5 logit");
@@ -118,7 +150,11 @@ fn hf_folder_from_dequantized_tensors_gives_the_same_numbers() {
     let tensors = g.tensors(&c, &Device::Cpu, DType::F32).unwrap();
     let dir = tmp();
     candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
-    std::fs::copy(fixtures().join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+    std::fs::copy(
+        fixtures().join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
     let config = json!({
         "architectures": ["LlamaForCausalLM"], "hidden_size": c.hidden_size,
         "intermediate_size": c.intermediate_size, "vocab_size": c.vocab_size,
@@ -132,8 +168,14 @@ fn hf_folder_from_dequantized_tensors_gives_the_same_numbers() {
     let refs: Vec<Reference> = read_jsonl(&fixtures().join("reference.jsonl"));
     for r in &refs {
         let from = r.ids.len() - r.n_response;
-        let a = smollm2().llama.forward(std::slice::from_ref(&r.ids), from, true).unwrap();
-        let b = folder.llama.forward(std::slice::from_ref(&r.ids), from, true).unwrap();
+        let a = smollm2()
+            .llama
+            .forward(std::slice::from_ref(&r.ids), from, true)
+            .unwrap();
+        let b = folder
+            .llama
+            .forward(std::slice::from_ref(&r.ids), from, true)
+            .unwrap();
         for (x, y) in a.nll[0].iter().zip(&b.nll[0]) {
             assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{x} vs {y}");
         }
@@ -141,5 +183,74 @@ fn hf_folder_from_dequantized_tensors_gives_the_same_numbers() {
         for (x, y) in ma.iter().zip(mb) {
             assert!((x - y).abs() <= 1e-6, "{x} vs {y}");
         }
+    }
+}
+
+/// Behaviour on the bundled example: answers that sit deep in the context (invisible to the
+/// 512-token short window) get a higher HMP than answers that need no context, by a clear
+/// margin (measured: see MARGIN), and higher than answers in the last paragraph.
+#[test]
+fn example_deep_answers_get_higher_hmp() {
+    const MARGIN: f64 = 0.25;
+    let dir = tmp();
+    let out = dir.path().join("scores.jsonl");
+    let example = root().join("examples/longalign-mini.jsonl");
+    let config = root().join("configs/smollm2.json");
+    let o = run(&[
+        "score",
+        "--config",
+        p(&config),
+        "--long-model",
+        p(gguf()),
+        "--data",
+        p(&example),
+        "--out",
+        p(&out),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let recs: Vec<gateau::record::ScoreRecord> = read_jsonl(&out);
+    let kinds: Vec<String> = std::fs::read_to_string(&example)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(recs.len(), kinds.len());
+    let minmax = |v: Vec<f64>| {
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), x| {
+                (l.min(*x), h.max(*x))
+            });
+        v.into_iter()
+            .map(|x| (x - lo) / (hi - lo))
+            .collect::<Vec<_>>()
+    };
+    let short = minmax(recs.iter().map(|r| r.ppl_short.unwrap()).collect());
+    let long = minmax(recs.iter().map(|r| r.ppl_long.unwrap()).collect());
+    let mean_hmp = |kind: &str| {
+        let v: Vec<f64> = (0..recs.len())
+            .filter(|&i| kinds[i] == kind)
+            .map(|i| short[i] - long[i])
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let (deep, tail, free) = (mean_hmp("deep"), mean_hmp("tail"), mean_hmp("free"));
+    eprintln!("mean HMP: deep {deep:.4}, tail {tail:.4}, free {free:.4}");
+    assert!(deep - free > MARGIN, "deep {deep:.4} vs free {free:.4}");
+    assert!(deep - tail > MARGIN, "deep {deep:.4} vs tail {tail:.4}");
+    for r in &recs {
+        assert!(
+            r.seg_ppl.as_ref().unwrap().len() >= 8,
+            "every context has 1k+ tokens"
+        );
+        assert!(r.cas.unwrap().is_some());
     }
 }

@@ -4,7 +4,7 @@
 //! Layout mirrors HF checkpoints (`model.layers.N.self_attn.q_proj`, ...), so the same code
 //! loads safetensors folders and (renamed, un-permuted) GGUF tensors.
 
-use super::attention::causal_attention;
+use super::attention::{causal_attention, Plan};
 use super::config::ModelConfig;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
@@ -177,7 +177,7 @@ impl Llama {
             .index_select(&ids, 0)?
             .reshape((b, t, c.hidden_size))?;
         let (cos, sin) = self.rope_tables(t)?;
-        let capture_from = capture.then_some(score_from);
+        let plan = Plan::new(b, nh, t, capture.then_some(score_from), &self.device)?;
         let mut mass: Option<Tensor> = None;
         for layer in &self.layers {
             let h = self.rms_norm(&x, &layer.input_norm)?;
@@ -190,7 +190,7 @@ impl Llama {
             let q = candle_nn::rotary_emb::rope(&heads(&layer.q, nh)?, &cos, &sin)?;
             let k = candle_nn::rotary_emb::rope(&heads(&layer.k, nkv)?, &cos, &sin)?;
             let v = heads(&layer.v, nkv)?;
-            let att = causal_attention(&q, &k, &v, capture_from)?;
+            let att = causal_attention(&q, &k, &v, &plan)?;
             if let Some(m) = att.mass {
                 mass = Some(match mass {
                     None => m,

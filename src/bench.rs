@@ -1,0 +1,298 @@
+//! `gateau bench`: random-weight models of named shapes built directly on the device,
+//! synthetic samples, and per phase (short full pass, long pass with attention capture,
+//! segment passes) the tokens/s, achieved TFLOP/s, the device's measured matmul rate in the
+//! same run, MFU, and device memory in use. FLOPs are counted as the PyTorch anchor
+//! (../shared/bench/torch_pipeline_bench.py) counts them, so the two compare directly.
+
+use crate::model::{open_device, DeviceChoice, Llama, ModelConfig};
+use crate::passes::batch_ranges;
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use clap::ValueEnum;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum Shape {
+    #[value(name = "llama2-7b")]
+    Llama2_7b,
+    #[value(name = "llama2-13b")]
+    Llama2_13b,
+    #[value(name = "llama3-8b")]
+    Llama3_8b,
+    #[value(name = "smollm2-135m")]
+    Smollm2_135m,
+}
+
+impl Shape {
+    pub fn config(self) -> ModelConfig {
+        // (hidden, inter, layers, heads, kv, vocab, theta)
+        let (d, f, l, h, kv, v, theta) = match self {
+            Shape::Llama2_7b => (4096, 11008, 32, 32, 32, 32000, 10000.0),
+            Shape::Llama2_13b => (5120, 13824, 40, 40, 40, 32000, 10000.0),
+            Shape::Llama3_8b => (4096, 14336, 32, 32, 8, 128256, 500000.0),
+            Shape::Smollm2_135m => (576, 1536, 30, 9, 3, 49152, 100000.0),
+        };
+        ModelConfig {
+            hidden_size: d,
+            intermediate_size: f,
+            vocab_size: v,
+            num_layers: l,
+            num_heads: h,
+            num_kv_heads: kv,
+            head_dim: d / h,
+            rms_norm_eps: 1e-5,
+            rope_theta: theta,
+            rope_scaling: None,
+            max_position_embeddings: 131072,
+            tie_word_embeddings: false,
+            bos_token_id: Some(1),
+        }
+    }
+}
+
+/// What `gateau bench` runs.
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    pub shape: Shape,
+    pub contexts: Vec<usize>,
+    pub resp: usize,
+    pub mid: usize,
+    pub segment_len: usize,
+    pub segments: usize,
+    pub max_batch_tokens: usize,
+    pub repeat: usize,
+    pub device: DeviceChoice,
+    pub dtype: DType,
+    pub json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseResult {
+    pub shape: Shape,
+    pub ctx: usize,
+    pub phase: String,
+    pub tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    pub tflops: f64,
+    pub matmul_peak_tflops: f64,
+    pub mfu: f64,
+    pub device_mem_used_gb: Option<f64>,
+}
+
+/// Random weights (N(0, 0.02), norms 1) created on the device.
+pub fn random_model(cfg: &ModelConfig, device: &Device, dtype: DType) -> Result<Llama> {
+    let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (q, kv) = (
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+    );
+    let mut w = HashMap::new();
+    let rand =
+        |w: &mut HashMap<String, Tensor>, name: String, shape: (usize, usize)| -> Result<()> {
+            w.insert(
+                name,
+                Tensor::randn(0f32, 0.02, shape, device)?.to_dtype(dtype)?,
+            );
+            Ok(())
+        };
+    rand(&mut w, "model.embed_tokens.weight".into(), (v, d))?;
+    rand(&mut w, "lm_head.weight".into(), (v, d))?;
+    for l in 0..cfg.num_layers {
+        let p = format!("model.layers.{l}");
+        rand(&mut w, format!("{p}.self_attn.q_proj.weight"), (q, d))?;
+        rand(&mut w, format!("{p}.self_attn.k_proj.weight"), (kv, d))?;
+        rand(&mut w, format!("{p}.self_attn.v_proj.weight"), (kv, d))?;
+        rand(&mut w, format!("{p}.self_attn.o_proj.weight"), (d, q))?;
+        rand(&mut w, format!("{p}.mlp.gate_proj.weight"), (f, d))?;
+        rand(&mut w, format!("{p}.mlp.up_proj.weight"), (f, d))?;
+        rand(&mut w, format!("{p}.mlp.down_proj.weight"), (d, f))?;
+        for n in ["input_layernorm", "post_attention_layernorm"] {
+            w.insert(format!("{p}.{n}.weight"), Tensor::ones(d, dtype, device)?);
+        }
+    }
+    w.insert("model.norm.weight".into(), Tensor::ones(d, dtype, device)?);
+    Llama::load(VarBuilder::from_tensors(w, dtype, device), cfg.clone())
+}
+
+/// FLOPs of one sequence of length t, as the PyTorch anchor counts them: 2 x parameters
+/// (all but the embedding) per token, plus causal attention 2 x layers x hidden x t^2.
+pub fn flops_per_seq(cfg: &ModelConfig, t: usize) -> f64 {
+    let norms = (2 * cfg.num_layers + 1) * cfg.hidden_size;
+    let params = (cfg.matmul_params() + norms as u64) as f64;
+    2.0 * params * t as f64 + 2.0 * (cfg.num_layers * cfg.hidden_size) as f64 * (t * t) as f64
+}
+
+fn time<F: FnMut() -> Result<()>>(device: &Device, repeat: usize, mut f: F) -> Result<f64> {
+    f()?;
+    device.synchronize()?;
+    let t = Instant::now();
+    for _ in 0..repeat {
+        f()?;
+    }
+    device.synchronize()?;
+    Ok(t.elapsed().as_secs_f64() / repeat as f64)
+}
+
+/// Measured dense matmul rate of the device in `dtype` (8192^3 on GPUs, 1024^3 on CPUs).
+pub fn matmul_peak(device: &Device, dtype: DType) -> Result<f64> {
+    let n = if device.is_cpu() { 1024 } else { 8192 };
+    let a = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    let reps = if device.is_cpu() { 2 } else { 20 };
+    let s = time(device, reps, || {
+        a.matmul(&b)?;
+        Ok(())
+    })?;
+    Ok(2.0 * (n as f64).powi(3) / s / 1e12)
+}
+
+#[cfg(feature = "cuda")]
+fn mem_used_gb(device: &Device) -> Option<f64> {
+    if !device.is_cuda() {
+        return None;
+    }
+    candle_core::cuda::cudarc::driver::result::mem_get_info()
+        .ok()
+        .map(|(free, total)| (total - free) as f64 / 1e9)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn mem_used_gb(_: &Device) -> Option<f64> {
+    None
+}
+
+fn synthetic(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    std::iter::once(1)
+        .chain((1..n).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            3 + (x % (vocab as u64 - 3)) as u32
+        }))
+        .collect()
+}
+
+pub fn run(s: BenchSettings) -> Result<ExitCode> {
+    let (device, hint) = open_device(&s.device)?;
+    if let Some(h) = hint {
+        eprintln!("gateau: {h}");
+    }
+    if s.contexts.is_empty() {
+        bail!("--ctx needs at least one context length");
+    }
+    let cfg = s.shape.config();
+    let peak = matmul_peak(&device, s.dtype)?;
+    eprintln!(
+        "gateau bench: {:?} on {device:?} {:?}: matmul {peak:.1} TFLOP/s",
+        s.shape, s.dtype
+    );
+    let model = random_model(&cfg, &device, s.dtype)?;
+    let mut results = Vec::new();
+    for &ctx in &s.contexts {
+        let t = 1 + ctx + s.mid + s.resp;
+        let seq = synthetic(t, cfg.vocab_size, ctx as u64);
+        let from = t - s.resp;
+        let mut phase = |name: &str, tokens: usize, flops: f64, secs: f64| {
+            let r = PhaseResult {
+                shape: s.shape,
+                ctx,
+                phase: name.into(),
+                tokens,
+                seconds: secs,
+                tokens_per_s: tokens as f64 / secs,
+                tflops: flops / secs / 1e12,
+                matmul_peak_tflops: peak,
+                mfu: flops / secs / 1e12 / peak,
+                device_mem_used_gb: mem_used_gb(&device),
+            };
+            eprintln!(
+                "  ctx {ctx:>6}  {:<34} {:>9.0} tok/s {:>7.1} TFLOP/s  MFU {:>5.1}%  {:.3} s",
+                r.phase,
+                r.tokens_per_s,
+                r.tflops,
+                100.0 * r.mfu,
+                r.seconds
+            );
+            results.push(r);
+        };
+        let one = std::slice::from_ref(&seq);
+        let secs = time(&device, s.repeat, || {
+            model.forward(one, from, false)?;
+            Ok(())
+        })?;
+        phase("full pass (no capture)", t, flops_per_seq(&cfg, t), secs);
+        let secs = time(&device, s.repeat, || {
+            model.forward(one, from, true)?;
+            Ok(())
+        })?;
+        phase(
+            "long full pass + attention capture",
+            t,
+            flops_per_seq(&cfg, t),
+            secs,
+        );
+        let ts = 1 + s.segment_len + s.mid + s.resp;
+        let segs: Vec<Vec<u32>> = (0..s.segments)
+            .map(|i| synthetic(ts, cfg.vocab_size, i as u64))
+            .collect();
+        let batches = batch_ranges(segs.len(), ts, s.max_batch_tokens);
+        let secs = time(&device, s.repeat, || {
+            for r in &batches {
+                model.forward(&segs[r.clone()], ts - s.resp, false)?;
+            }
+            Ok(())
+        })?;
+        let per = (s.max_batch_tokens / ts).max(1);
+        phase(
+            &format!("segment passes (batch {per})"),
+            ts * s.segments,
+            flops_per_seq(&cfg, ts) * s.segments as f64,
+            secs,
+        );
+    }
+    let lines: Vec<String> = results
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<Result<_, _>>()?;
+    for l in &lines {
+        println!("{l}");
+    }
+    if let Some(p) = &s.json {
+        std::fs::write(p, lines.join("\n") + "\n")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flops_match_the_anchor_formula_for_llama2_7b() {
+        // torch: n_params - embedding = 6,738,415,616 - 131,072,000 (LLaMA-2-7B).
+        let c = Shape::Llama2_7b.config();
+        let want = 6_607_343_616f64;
+        let got = (flops_per_seq(&c, 1) - 2.0 * 32.0 * 4096.0) / 2.0;
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn bench_runs_on_the_cpu() {
+        let cfg = ModelConfig {
+            num_layers: 2,
+            ..Shape::Smollm2_135m.config()
+        };
+        let m = random_model(&cfg, &Device::Cpu, DType::F32).unwrap();
+        let seq = synthetic(40, cfg.vocab_size, 1);
+        let o = m.forward(std::slice::from_ref(&seq), 30, true).unwrap();
+        assert_eq!(o.nll[0].len(), 10);
+        let total: f32 = o.attention.unwrap()[0].iter().sum();
+        assert!((total - 1.0).abs() < 1e-4);
+    }
+}
