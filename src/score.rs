@@ -77,13 +77,8 @@ fn open_output(path: &Path, resume: bool, overwrite: bool) -> Result<(File, Exis
             )
         })?;
         let key = rec.id_key();
-        if rec.status != Status::Bad
-            || !rec
-                .error
-                .as_deref()
-                .unwrap_or("")
-                .starts_with("duplicate id")
-        {
+        // A fresh run checks duplicates among scored samples only; so does a resumed one.
+        if rec.status == Status::Ok {
             existing.ids.push((key.clone(), rec.line));
         }
         existing.lines.insert(rec.line, key);

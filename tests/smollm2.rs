@@ -187,8 +187,10 @@ fn hf_folder_from_dequantized_tensors_gives_the_same_numbers() {
 }
 
 /// Behaviour on the bundled example: answers that sit deep in the context (invisible to the
-/// 512-token short window) get a higher HMP than answers that need no context, by a clear
-/// margin (measured: see MARGIN), and higher than answers in the last paragraph.
+/// 512-token short window) get a higher HMP than answers that need no context and than
+/// answers in the last paragraph. Measured (CPU, f32, 2026-11-22): mean HMP deep 0.555,
+/// tail -0.001, free 0.007; lowest deep 0.275, highest other 0.060. The asserted margin is
+/// under half the measured gap.
 #[test]
 fn example_deep_answers_get_higher_hmp() {
     const MARGIN: f64 = 0.25;
@@ -246,6 +248,19 @@ fn example_deep_answers_get_higher_hmp() {
     eprintln!("mean HMP: deep {deep:.4}, tail {tail:.4}, free {free:.4}");
     assert!(deep - free > MARGIN, "deep {deep:.4} vs free {free:.4}");
     assert!(deep - tail > MARGIN, "deep {deep:.4} vs tail {tail:.4}");
+    let hmp = |i: usize| short[i] - long[i];
+    let lowest_deep = (0..recs.len())
+        .filter(|&i| kinds[i] == "deep")
+        .map(hmp)
+        .fold(f64::INFINITY, f64::min);
+    let highest_other = (0..recs.len())
+        .filter(|&i| kinds[i] != "deep")
+        .map(hmp)
+        .fold(f64::NEG_INFINITY, f64::max);
+    assert!(
+        lowest_deep > highest_other + 0.1,
+        "deep {lowest_deep:.3} vs others {highest_other:.3}"
+    );
     for r in &recs {
         assert!(
             r.seg_ppl.as_ref().unwrap().len() >= 8,
