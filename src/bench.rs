@@ -65,6 +65,7 @@ pub struct BenchSettings {
     pub segments: usize,
     pub max_batch_tokens: usize,
     pub repeat: usize,
+    pub warmup: usize,
     pub device: DeviceChoice,
     pub dtype: DType,
     pub json: Option<std::path::PathBuf>,
@@ -127,8 +128,15 @@ pub fn flops_per_seq(cfg: &ModelConfig, t: usize) -> f64 {
     2.0 * params * t as f64 + 2.0 * (cfg.num_layers * cfg.hidden_size) as f64 * (t * t) as f64
 }
 
-fn time<F: FnMut() -> Result<()>>(device: &Device, repeat: usize, mut f: F) -> Result<f64> {
-    f()?;
+fn time<F: FnMut() -> Result<()>>(
+    device: &Device,
+    warmup: usize,
+    repeat: usize,
+    mut f: F,
+) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
     device.synchronize()?;
     let t = Instant::now();
     for _ in 0..repeat {
@@ -144,7 +152,7 @@ pub fn matmul_peak(device: &Device, dtype: DType) -> Result<f64> {
     let a = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
     let b = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
     let reps = if device.is_cpu() { 2 } else { 20 };
-    let s = time(device, reps, || {
+    let s = time(device, 1, reps, || {
         a.matmul(&b)?;
         Ok(())
     })?;
@@ -222,12 +230,12 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
             results.push(r);
         };
         let one = std::slice::from_ref(&seq);
-        let secs = time(&device, s.repeat, || {
+        let secs = time(&device, s.warmup, s.repeat, || {
             model.forward(one, from, false)?;
             Ok(())
         })?;
         phase("full pass (no capture)", t, flops_per_seq(&cfg, t), secs);
-        let secs = time(&device, s.repeat, || {
+        let secs = time(&device, s.warmup, s.repeat, || {
             model.forward(one, from, true)?;
             Ok(())
         })?;
@@ -242,7 +250,7 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
             .map(|i| synthetic(ts, cfg.vocab_size, i as u64))
             .collect();
         let batches = batch_ranges(segs.len(), ts, s.max_batch_tokens);
-        let secs = time(&device, s.repeat, || {
+        let secs = time(&device, s.warmup, s.repeat, || {
             for r in &batches {
                 model.forward(&segs[r.clone()], ts - s.resp, false)?;
             }

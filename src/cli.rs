@@ -56,9 +56,12 @@ pub struct BenchArgs {
     /// Most tokens in one batched segment pass.
     #[arg(long, default_value_t = 16384)]
     pub max_batch_tokens: usize,
-    /// Timed repetitions after one warm-up.
+    /// Timed repetitions.
     #[arg(long, default_value_t = 2)]
     pub repeat: usize,
+    /// Untimed runs before the timed ones (kernel compilation, allocator warm-up).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
     /// Device: auto, cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,

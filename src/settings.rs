@@ -362,6 +362,7 @@ pub fn bench_settings(a: &crate::cli::BenchArgs) -> Result<crate::bench::BenchSe
         segments: a.segments,
         max_batch_tokens: positive(a.max_batch_tokens, "--max-batch-tokens")?,
         repeat: positive(a.repeat, "--repeat")?,
+        warmup: a.warmup,
         device: a.device.clone(),
         dtype: resolve_dtype(a.dtype, &device),
         json: a.json.clone(),

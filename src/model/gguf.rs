@@ -143,12 +143,13 @@ impl GgufFile {
                     self.path.display()
                 );
             };
+            // Dequantized on the CPU, where candle supports every GGUF type, then moved.
             let q = self
                 .content
-                .tensor(&mut f, name, device)
+                .tensor(&mut f, name, &Device::Cpu)
                 .with_context(|| format!("{}: cannot read tensor {name}", self.path.display()))?;
             let ty = q.dtype();
-            let w = q.dequantize(device).map_err(|e| {
+            let w = q.dequantize(&Device::Cpu).map_err(|e| {
                 anyhow!(
                     "{}: tensor {name} has quantization {ty:?}, which cannot be dequantized: {e}",
                     self.path.display()
@@ -161,7 +162,7 @@ impl GgufFile {
             } else {
                 w
             };
-            out.insert(hf, w.to_dtype(dtype)?);
+            out.insert(hf, w.to_dtype(dtype)?.to_device(device)?);
         }
         Ok(out)
     }
