@@ -235,7 +235,7 @@ pub fn open_device(choice: &DeviceChoice) -> Result<(Device, Option<String>)> {
             if !candle_core::utils::cuda_is_available() {
                 bail!(
                     "--device {choice}: this gateau was built without CUDA; rebuild with \
-                     `cargo build --release --features cuda` (or flash-attn)"
+                     `cargo build --release --features cuda`"
                 );
             }
             let d =
