@@ -2,6 +2,7 @@
 
 mod common;
 mod forward;
+mod gguf;
 mod hub;
 mod score_cli;
 mod select_cli;
