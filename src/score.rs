@@ -190,8 +190,12 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
         (ShortSpec::Model { .. }, None) => unreachable!("loaded above"),
     };
     if !s.quiet {
+        let short_name = short_loaded
+            .as_ref()
+            .map_or("(window of the long model)", |m| m.source.as_str());
         eprintln!(
-            "gateau score: models loaded in {:.1} s",
+            "gateau score: long model {}, short model {short_name}; loaded in {:.1} s",
+            long.source,
             started.elapsed().as_secs_f64()
         );
     }

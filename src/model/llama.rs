@@ -6,7 +6,7 @@
 
 use super::attention::{causal_attention, Plan};
 use super::config::ModelConfig;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
@@ -271,9 +271,4 @@ impl Llama {
         let (hidden, _) = self.trunk(&seq, score_from, false)?;
         Ok(self.logits(&hidden.get(0)?)?.to_vec2::<f32>()?)
     }
-}
-
-/// Builds a model from a VarBuilder, naming `source` in any error.
-pub fn load_named(vb: VarBuilder, cfg: ModelConfig, source: &str) -> Result<Llama> {
-    Llama::load(vb, cfg).with_context(|| format!("cannot load model weights from {source}"))
 }

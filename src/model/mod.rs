@@ -144,10 +144,7 @@ fn load_hf(
     device: &Device,
     dtype: DType,
 ) -> Result<LoadedModel> {
-    let mut cfg = ModelConfig::from_hf_file(&files.config)?;
-    if let Some(theta) = spec.rope_theta {
-        cfg.rope_theta = theta;
-    }
+    let cfg = ModelConfig::from_hf_file(&files.config)?;
     let tok_path = spec
         .tokenizer
         .clone()
@@ -163,34 +160,44 @@ fn load_hf(
     // loaded, and a concurrent writer would be a user error outside our control.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, device) }
         .with_context(|| format!("cannot read safetensors of model {}", spec.location))?;
-    let llama = llama::load_named(vb, cfg.clone(), &spec.location)?;
+    finish(spec, cfg, vb, tokenizer)
+}
+
+/// The model from its weights, with the user's RoPE override applied.
+fn finish(
+    spec: &ModelSpec,
+    mut cfg: ModelConfig,
+    vb: VarBuilder,
+    tokenizer: Tokenizer,
+) -> Result<LoadedModel> {
+    if let Some(theta) = spec.rope_theta {
+        cfg.rope_theta = theta;
+    }
+    let bos = cfg.bos_token_id;
+    let llama = Llama::load(vb, cfg)
+        .with_context(|| format!("cannot load model weights from {}", spec.location))?;
     Ok(LoadedModel {
         llama,
         tokenizer,
-        bos: cfg.bos_token_id,
+        bos,
         source: spec.location.clone(),
     })
 }
 
 fn load_gguf(spec: &ModelSpec, path: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
     let g = gguf::GgufFile::open(path)?;
-    let mut cfg = g.config()?;
-    if let Some(theta) = spec.rope_theta {
-        cfg.rope_theta = theta;
-    }
+    let cfg = g.config()?;
     let tokenizer = match &spec.tokenizer {
         Some(t) => load_tokenizer(t)?,
         None => gguf_tokenizer::from_gguf(&g)?,
     };
     let tensors = g.tensors(&cfg, device, dtype)?;
-    let vb = VarBuilder::from_tensors(tensors, dtype, device);
-    let llama = llama::load_named(vb, cfg.clone(), &spec.location)?;
-    Ok(LoadedModel {
-        llama,
+    finish(
+        spec,
+        cfg,
+        VarBuilder::from_tensors(tensors, dtype, device),
         tokenizer,
-        bos: cfg.bos_token_id,
-        source: spec.location.clone(),
-    })
+    )
 }
 
 /// `--device`: where the models run.
