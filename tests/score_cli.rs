@@ -368,3 +368,42 @@ fn shards_union_equals_the_unsharded_run() {
         assert_eq!(union[l].cas, r.cas);
     }
 }
+
+#[test]
+fn resume_still_catches_duplicates_of_kept_records() {
+    let f = Fixture::new(4);
+    let mut text = std::fs::read_to_string(&f.data).unwrap();
+    // Line 4 is malformed (its fallback id 4 is no scored id), line 5 repeats line 0's id,
+    // line 6 uses id 4.
+    text.push_str(
+        "{broken\n{\"id\":\"s0\",\"instruction\":\"q\",\"input\":\"a b\",\"output\":\"again\"}\n",
+    );
+    text.push_str("{\"id\":4,\"instruction\":\"q\",\"input\":\"a b\",\"output\":\"five\"}\n");
+    std::fs::write(&f.data, text).unwrap();
+    let full = f.path("full.jsonl");
+    assert_eq!(score(&f.args(&full)).status.code(), Some(2));
+    let kept: Vec<String> = std::fs::read_to_string(&full)
+        .unwrap()
+        .lines()
+        .take(5)
+        .map(String::from)
+        .collect();
+    let part = f.path("part.jsonl");
+    std::fs::write(&part, kept.join("\n") + "\n").unwrap();
+    let mut args = f.args(&part);
+    args.push("--resume".into());
+    assert_eq!(score(&args).status.code(), Some(2));
+    let (a, b) = (by_line(read_jsonl(&full)), by_line(read_jsonl(&part)));
+    for (l, r) in &a {
+        assert_eq!((r.status, &r.error), (b[l].status, &b[l].error), "line {l}");
+    }
+    assert_eq!(
+        a[&5].error.as_deref(),
+        Some("duplicate id \"s0\" (first on line 0)")
+    );
+    assert_eq!(
+        a[&6].status,
+        Status::Ok,
+        "id 4 is new: the malformed line 4 had no id"
+    );
+}
