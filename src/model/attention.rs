@@ -7,11 +7,12 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-/// Upper bound on the f32 score elements of one chunk (B x H x rows x keys): 64 MiB on the
-/// CPU (cache-friendly), 2 GiB on a GPU (fewer, larger kernels).
+/// Upper bound on the f32 score elements of one chunk (B x H x rows x keys): 16 MiB on the
+/// CPU (under glibc's 32 MiB mmap ceiling, so buffers are reused instead of mapped and
+/// zeroed for every op), 2 GiB on a GPU (fewer, larger kernels).
 fn score_budget(device: &Device) -> usize {
     if device.is_cpu() {
-        16 << 20
+        4 << 20
     } else {
         512 << 20
     }
