@@ -46,12 +46,7 @@ pub fn row_chunks(t: usize, split: usize, rows: usize) -> Vec<(usize, usize)> {
 /// `0` where key `j <= s + i`, `-inf` elsewhere, shape `[n, e]`.
 fn causal_mask(s: usize, n: usize, e: usize, device: &Device) -> candle_core::Result<Tensor> {
     if !device.is_cpu() {
-        let keys = Tensor::arange(0u32, e as u32, device)?.reshape((1, e))?;
-        let rows = Tensor::arange(s as u32, (s + n) as u32, device)?.reshape((n, 1))?;
-        let future = keys.broadcast_gt(&rows)?;
-        let zeros = Tensor::zeros((n, e), DType::F32, device)?;
-        let neg = Tensor::full(f32::NEG_INFINITY, (n, e), device)?;
-        return future.where_cond(&neg, &zeros);
+        return device_mask(s, n, e, device);
     }
     let mut m = vec![0f32; n * e];
     for i in 0..n {
@@ -120,6 +115,16 @@ impl Plan {
             }
         }
     }
+}
+
+/// The same mask from tensor ops, built where it is used (no host loop, no upload).
+fn device_mask(s: usize, n: usize, e: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let keys = Tensor::arange(0u32, e as u32, device)?.reshape((1, e))?;
+    let rows = Tensor::arange(s as u32, (s + n) as u32, device)?.reshape((n, 1))?;
+    let future = keys.broadcast_gt(&rows)?;
+    let zeros = Tensor::zeros((n, e), DType::F32, device)?;
+    let neg = Tensor::full(f32::NEG_INFINITY, (n, e), device)?;
+    future.where_cond(&neg, &zeros)
 }
 
 /// q: `[B, H, T, hd]`, k and v: `[B, KV, T, hd]` with H a multiple of KV (grouped query:
@@ -217,6 +222,21 @@ mod tests {
         let (a, b) = (one.mass.unwrap(), many.mass.unwrap());
         let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+    }
+
+    #[test]
+    fn device_mask_equals_the_host_loop() {
+        for (st, n, e) in [(0, 5, 5), (3, 4, 7), (10, 1, 11)] {
+            let host = causal_mask(st, n, e, &Device::Cpu)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let ops = device_mask(st, n, e, &Device::Cpu)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            assert_eq!(host, ops, "s {st} n {n} e {e}");
+        }
     }
 
     #[test]
