@@ -4,7 +4,7 @@
 //! same run, MFU, and device memory in use. FLOPs are counted as the PyTorch anchor
 //! (../shared/bench/torch_pipeline_bench.py) counts them, so the two compare directly.
 
-use crate::model::{open_device, DeviceChoice, Llama, ModelConfig};
+use crate::model::{open_device, profile, DeviceChoice, Llama, ModelConfig};
 use crate::passes::batch_ranges;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
@@ -69,6 +69,7 @@ pub struct BenchSettings {
     pub device: DeviceChoice,
     pub dtype: DType,
     pub json: Option<std::path::PathBuf>,
+    pub profile: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,7 +83,12 @@ pub struct PhaseResult {
     pub tflops: f64,
     pub matmul_peak_tflops: f64,
     pub mfu: f64,
-    pub device_mem_used_gb: Option<f64>,
+    /// Most device memory in use during the timed runs (the driver's figure for the whole
+    /// device: weights, activations, CUDA context, cuBLAS workspace).
+    pub peak_mem_gb: Option<f64>,
+    /// With --profile: seconds per op over one extra, synchronized run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<(String, f64, u64)>>,
 }
 
 /// Random weights (N(0, 0.02), norms 1) created on the device.
@@ -159,21 +165,6 @@ pub fn matmul_peak(device: &Device, dtype: DType) -> Result<f64> {
     Ok(2.0 * (n as f64).powi(3) / s / 1e12)
 }
 
-#[cfg(feature = "cuda")]
-fn mem_used_gb(device: &Device) -> Option<f64> {
-    if !device.is_cuda() {
-        return None;
-    }
-    candle_core::cuda::cudarc::driver::result::mem_get_info()
-        .ok()
-        .map(|(free, total)| (total - free) as f64 / 1e9)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn mem_used_gb(_: &Device) -> Option<f64> {
-    None
-}
-
 fn synthetic(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     std::iter::once(1)
@@ -195,6 +186,7 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
         bail!("--ctx needs at least one context length");
     }
     let cfg = s.shape.config();
+    crate::model::configure_matmul(s.dtype);
     let peak = matmul_peak(&device, s.dtype)?;
     eprintln!(
         "gateau bench: {:?} on {device:?} {:?}: matmul {peak:.1} TFLOP/s",
@@ -206,63 +198,95 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
         let t = 1 + ctx + s.mid + s.resp;
         let seq = synthetic(t, cfg.vocab_size, ctx as u64);
         let from = t - s.resp;
-        let mut phase = |name: &str, tokens: usize, flops: f64, secs: f64| {
+        let one = std::slice::from_ref(&seq);
+        let ts = 1 + s.segment_len + s.mid + s.resp;
+        let segs: Vec<Vec<u32>> = (0..s.segments)
+            .map(|i| synthetic(ts, cfg.vocab_size, i as u64))
+            .collect();
+        let batches = batch_ranges(segs.len(), ts, s.max_batch_tokens);
+        let per = (s.max_batch_tokens / ts).max(1);
+        type Work<'a> = Box<dyn Fn() -> Result<()> + 'a>;
+        let phases: [(String, usize, f64, Work); 3] = [
+            (
+                "full pass (no capture)".into(),
+                t,
+                flops_per_seq(&cfg, t),
+                Box::new(|| model.forward(one, from, false).map(|_| ())),
+            ),
+            (
+                "long full pass + attention capture".into(),
+                t,
+                flops_per_seq(&cfg, t),
+                Box::new(|| model.forward(one, from, true).map(|_| ())),
+            ),
+            (
+                format!("segment passes (batch {per})"),
+                ts * s.segments,
+                flops_per_seq(&cfg, ts) * s.segments as f64,
+                Box::new(|| {
+                    for r in &batches {
+                        model.forward(&segs[r.clone()], ts - s.resp, false)?;
+                    }
+                    Ok(())
+                }),
+            ),
+        ];
+        for (name, tokens, flops, work) in phases {
+            profile::start(false);
+            let secs = time(&device, s.warmup, s.repeat, &work);
+            let peak_bytes = profile::stop().peak_bytes;
+            let secs = secs?;
+            let ops = if s.profile {
+                profile::start(true);
+                let r = work();
+                let p = profile::stop();
+                r?;
+                Some(p.ops)
+            } else {
+                None
+            };
             let r = PhaseResult {
                 shape: s.shape,
                 ctx,
-                phase: name.into(),
+                phase: name,
                 tokens,
                 seconds: secs,
                 tokens_per_s: tokens as f64 / secs,
                 tflops: flops / secs / 1e12,
                 matmul_peak_tflops: peak,
                 mfu: flops / secs / 1e12 / peak,
-                device_mem_used_gb: mem_used_gb(&device),
+                peak_mem_gb: peak_bytes.map(|b| b as f64 / 1e9),
+                profile: ops,
             };
             eprintln!(
-                "  ctx {ctx:>6}  {:<34} {:>9.0} tok/s {:>7.1} TFLOP/s  MFU {:>5.1}%  {:.3} s",
+                "  ctx {ctx:>6}  {:<34} {:>9.0} tok/s {:>7.1} TFLOP/s  MFU {:>5.1}%  {:.3} s  peak {}",
                 r.phase,
                 r.tokens_per_s,
                 r.tflops,
                 100.0 * r.mfu,
-                r.seconds
+                r.seconds,
+                r.peak_mem_gb.map_or("n/a".into(), |g| format!("{g:.1} GB"))
             );
-            results.push(r);
-        };
-        let one = std::slice::from_ref(&seq);
-        let secs = time(&device, s.warmup, s.repeat, || {
-            model.forward(one, from, false)?;
-            Ok(())
-        })?;
-        phase("full pass (no capture)", t, flops_per_seq(&cfg, t), secs);
-        let secs = time(&device, s.warmup, s.repeat, || {
-            model.forward(one, from, true)?;
-            Ok(())
-        })?;
-        phase(
-            "long full pass + attention capture",
-            t,
-            flops_per_seq(&cfg, t),
-            secs,
-        );
-        let ts = 1 + s.segment_len + s.mid + s.resp;
-        let segs: Vec<Vec<u32>> = (0..s.segments)
-            .map(|i| synthetic(ts, cfg.vocab_size, i as u64))
-            .collect();
-        let batches = batch_ranges(segs.len(), ts, s.max_batch_tokens);
-        let secs = time(&device, s.warmup, s.repeat, || {
-            for r in &batches {
-                model.forward(&segs[r.clone()], ts - s.resp, false)?;
+            if let Some(ops) = &r.profile {
+                let total: f64 = ops.iter().map(|o| o.1).sum();
+                for (op, sec, calls) in ops {
+                    eprintln!(
+                        "      {op:<24} {:>9.1} ms {:>5.1}%  ({calls} calls)",
+                        sec * 1e3,
+                        100.0 * sec / total.max(1e-12)
+                    );
+                }
             }
-            Ok(())
-        })?;
-        let per = (s.max_batch_tokens / ts).max(1);
-        phase(
-            &format!("segment passes (batch {per})"),
-            ts * s.segments,
-            flops_per_seq(&cfg, ts) * s.segments as f64,
-            secs,
-        );
+            results.push(r);
+        }
+        // A whole sample at this context: both full passes plus its segment passes
+        // (ctx / L of them, at most 500), at the rates just measured.
+        let n = results.len();
+        let (short, long, seg) = (&results[n - 3], &results[n - 2], &results[n - 1]);
+        let n_seg = (ctx / s.segment_len).min(500);
+        let e2e =
+            short.seconds + long.seconds + seg.seconds / s.segments.max(1) as f64 * n_seg as f64;
+        eprintln!("  ctx {ctx:>6}  end to end per sample ({n_seg} segments): {e2e:.3} s");
     }
     let lines: Vec<String> = results
         .iter()

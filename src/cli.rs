@@ -3,6 +3,7 @@
 
 use crate::model::DeviceChoice;
 use crate::normalize::{CamNorm, HmgNorm};
+use crate::selection::Method;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -29,6 +30,14 @@ pub enum Command {
     Score(ScoreArgs),
     /// Rank score records across the dataset and write the selected samples.
     Select(SelectArgs),
+    /// Plots and a summary of a selection: distributions, the cut, HMG vs CAM, length
+    /// drift, per-source counts (PNG + summary.json + summary.md).
+    Report(ReportArgs),
+    /// One sample's segment view: importance (IS) and attention (ATT) along the context,
+    /// with its HMP, CAS, score and rank.
+    Inspect(InspectArgs),
+    /// Overlap (Jaccard) of the selections made by every method at the same ratio.
+    Compare(CompareArgs),
     /// Time every phase on random-weight models of a named shape (tokens/s, TFLOP/s, MFU).
     Bench(BenchArgs),
 }
@@ -71,6 +80,10 @@ pub struct BenchArgs {
     /// Also write the JSON lines to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// After the timed runs, one more run per phase with every op timed between device
+    /// synchronizations: where the time goes, per op.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// Options shared by every subcommand.
@@ -121,6 +134,12 @@ pub struct ModelArgs {
     /// cuda:N.
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<DeviceChoice>,
+    /// Score on several devices at once: one worker per device in this process, each with
+    /// its own copy of the models, samples handed out longest first; one output file.
+    /// A comma-separated list (0,1,3 or cuda:0,cuda:1; cpu for a CPU worker) or `all`
+    /// (every CUDA device).
+    #[arg(long, value_name = "LIST", conflicts_with = "device")]
+    pub devices: Option<String>,
     /// Compute dtype of the weights and activations [default: bf16 on CUDA, f32 on CPU].
     /// Softmax, log-softmax, NLL and attention capture are f32 in every case.
     #[arg(long, value_enum)]
@@ -140,9 +159,14 @@ pub struct PassArgs {
     /// Most segments per sample (evenly spaced when there are more).
     #[arg(long, value_name = "N")]
     pub max_segments: Option<usize>,
-    /// Most tokens in one batched segment pass [default: 16384].
+    /// Most tokens in one batched segment pass [default: from the free GPU memory after
+    /// loading the models, at most 65536; 16384 on the CPU].
     #[arg(long, value_name = "TOKENS")]
     pub max_batch_tokens: Option<usize>,
+    /// auto: both models stay on the GPU when they and a --max-len pass fit, else two
+    /// phases (the short model over every sample, then the long model); one; two.
+    #[arg(long, value_enum)]
+    pub phases: Option<crate::memory::Phases>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -168,31 +192,37 @@ pub struct ScoreArgs {
     /// Replace an existing --out instead of refusing to run.
     #[arg(long)]
     pub overwrite: bool,
+    /// Also compute ppl_alone, the long model's perplexity of the response with nothing
+    /// before it but BOS (one short pass per sample), for `select --method ifd`.
+    #[arg(long)]
+    pub with_ifd: bool,
     #[command(flatten)]
     pub models: ModelArgs,
     #[command(flatten)]
     pub passes: PassArgs,
 }
 
+/// Which scores, on which input, ranked how: shared by select, report, inspect, compare.
 #[derive(Debug, Args, Clone)]
-pub struct SelectArgs {
-    #[command(flatten)]
-    pub common: CommonArgs,
+#[command(next_help_heading = "Ranking")]
+pub struct RankArgs {
     /// Score files from `gateau score` (several for shards) [default: DATA's .scores.jsonl].
     #[arg(long, value_name = "FILE", num_args = 1..)]
     pub scores: Vec<PathBuf>,
     /// The input JSONL the scores were computed on.
     #[arg(long, value_name = "FILE")]
     pub data: Option<PathBuf>,
-    /// Where the selected lines go [default: DATA with .selected.jsonl].
-    #[arg(long, value_name = "FILE")]
-    pub out: Option<PathBuf>,
     /// Fraction of the scored samples to keep: ceil(ratio x n).
     #[arg(long, value_name = "R", conflicts_with = "top")]
     pub ratio: Option<f64>,
     /// Keep exactly this many samples (or all scored ones, if fewer).
     #[arg(long, value_name = "N")]
     pub top: Option<usize>,
+    /// What ranks the samples: gateau (Eq. 6), hmg (alpha = 1), cam (alpha = 0), ppl
+    /// (highest ppl_long first) or ifd (highest ppl_long / ppl_alone first; needs
+    /// `gateau score --with-ifd`) [default: gateau].
+    #[arg(long, value_enum)]
+    pub method: Option<Method>,
     /// Weight of HMG against CAM: score = alpha softmax(HMP) + (1 - alpha) softmax(CAS).
     #[arg(long, value_name = "A")]
     pub alpha: Option<f64>,
@@ -202,12 +232,69 @@ pub struct SelectArgs {
     /// Normalization of segment perplexities and attention within a sample before CAS.
     #[arg(long, value_enum)]
     pub cam_norm: Option<CamNorm>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SelectArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub rank: RankArgs,
+    /// Where the selected lines go [default: DATA with .selected.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
     /// Write the selected lines in input order instead of score order.
     #[arg(long)]
     pub keep_order: bool,
     /// JSON report: counts, score statistics, cut-off, every bad or skipped sample.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Also write the plots and summary of `gateau report` into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub rank: RankArgs,
+    /// Folder for the PNG plots, summary.json and summary.md [default: DATA with .report].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Bins of the score histogram.
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    pub bins: usize,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub rank: RankArgs,
+    /// The sample's id as in the data (a number or a string; JSON text such as "\"7\""
+    /// picks the string 7 over the number 7).
+    #[arg(long, value_name = "ID")]
+    pub id: String,
+    /// Draw the segment view into this PNG instead of the terminal.
+    #[arg(long, value_name = "FILE.png")]
+    pub out: Option<PathBuf>,
+    /// Print the sample's numbers as one JSON object instead of the terminal view.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub rank: RankArgs,
+    /// Also write the table as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// `--shard I/N`.

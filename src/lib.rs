@@ -3,15 +3,23 @@
 //!
 //! The pipeline, one module per step: `data` (JSONL input) -> `template` (tokens) ->
 //! `model` (LLaMA forward with attention capture) -> `passes` (HMG/CAM passes of a sample)
-//! -> `record` (per-sample output) -> `selection` (dataset-level ranking) -> `report`.
-//! `score` and `select` drive the two subcommands; `cli` and `settings` are the interface.
+//! -> `record` (per-sample output) -> `selection` (dataset-level ranking, methods) ->
+//! `analysis` (records read back and ranked) -> `report` / `summary` / `plots` (what a
+//! selection looks like). `score`, `select`, `report` (in `summary`), `inspect`, `compare`
+//! and `bench` drive the subcommands; `cli` and `settings` are the interface.
 
+pub mod analysis;
 pub mod bench;
 pub mod cli;
+pub mod compare;
 pub mod data;
+pub mod inspect;
+pub mod memory;
 pub mod model;
+pub mod models;
 pub mod normalize;
 pub mod passes;
+pub mod plots;
 pub mod progress;
 pub mod record;
 pub mod report;
@@ -19,7 +27,10 @@ pub mod score;
 pub mod select;
 pub mod selection;
 pub mod settings;
+pub mod short_pass;
+pub mod summary;
 pub mod template;
+pub mod workers;
 
 use anyhow::Result;
 use clap::Parser;
@@ -43,6 +54,9 @@ pub fn run() -> Result<ExitCode> {
     match cli.command {
         cli::Command::Score(a) => score::run(settings::ScoreSettings::resolve(&a)?),
         cli::Command::Select(a) => select::run(settings::SelectSettings::resolve(&a)?),
+        cli::Command::Report(a) => summary::run(settings::ReportSettings::resolve(&a)?),
+        cli::Command::Inspect(a) => inspect::run(inspect::InspectSettings::resolve(&a)?),
+        cli::Command::Compare(a) => compare::run(&a),
         cli::Command::Bench(a) => bench::run(settings::bench_settings(&a)?),
     }
 }

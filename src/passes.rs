@@ -13,6 +13,8 @@ pub enum ShortModel<'a> {
     Separate(&'a Llama),
     /// Model B itself restricted to a window of this many tokens.
     Window(usize),
+    /// ppl_short computed beforehand (two-phase runs).
+    Given(f64),
 }
 
 #[derive(Debug, Clone)]
@@ -21,6 +23,8 @@ pub struct PassSettings {
     pub max_segments: usize,
     /// Most tokens in one batched segment forward pass.
     pub max_batch_tokens: usize,
+    /// Also run the response alone (`[BOS] + resp`) through model B, for IFD.
+    pub with_ifd: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +34,8 @@ pub struct SampleScores {
     pub seg_ppl: Vec<f64>,
     pub seg_attn: Vec<f64>,
     pub cas: Option<f64>,
+    /// PPL_B of the response after BOS only (with `with_ifd`).
+    pub ppl_alone: Option<f64>,
     /// Tokens run through the models for this sample (all passes).
     pub model_tokens: usize,
 }
@@ -87,14 +93,14 @@ pub fn score_sample(
             model_tokens += full.len();
             ppl(&m.forward(std::slice::from_ref(&full), rs, false)?.nll[0])
         }
-        ShortModel::Window(w) => {
-            let view = t.window(*w);
-            model_tokens += view.len();
-            // Without BOS and prompt, the first response token has nothing to condition
-            // on and is left out of the mean.
-            let from = (view.len() - t.resp.len()).max(1);
-            ppl(&long.forward(std::slice::from_ref(&view), from, false)?.nll[0])
-        }
+        ShortModel::Window(w) => windowed_ppl(long, t, *w, &mut model_tokens)?,
+        ShortModel::Given(p) => *p,
+    };
+    // `[BOS] + resp` is the window of width 0 (spec section 8's rule for tiny windows).
+    let ppl_alone = if s.with_ifd {
+        Some(windowed_ppl(long, t, 0, &mut model_tokens)?)
+    } else {
+        None
     };
 
     let starts = segment_starts(t.ctx.len(), s.segment_len, s.max_segments);
@@ -120,8 +126,24 @@ pub fn score_sample(
         seg_ppl,
         seg_attn,
         cas,
+        ppl_alone,
         model_tokens,
     })
+}
+
+/// Response perplexity under `model` reading only the last `w` tokens (spec 4b).
+fn windowed_ppl(model: &Llama, t: &Tokens, w: usize, model_tokens: &mut usize) -> Result<f64> {
+    let view = t.window(w);
+    *model_tokens += view.len();
+    if view.len() < 2 {
+        bail!("the response alone is one token and nothing precedes it (no BOS)");
+    }
+    // Without BOS and prompt, the first response token has nothing to condition on and
+    // is left out of the mean.
+    let from = (view.len() - t.resp.len()).max(1);
+    Ok(ppl(&model
+        .forward(std::slice::from_ref(&view), from, false)?
+        .nll[0]))
 }
 
 #[cfg(test)]

@@ -54,6 +54,9 @@ pub struct ScoreRecord {
         deserialize_with = "present"
     )]
     pub cas: Option<Option<f64>>,
+    /// With `score --with-ifd`: PPL_B of the response after BOS only (IFD's denominator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppl_alone: Option<f64>,
 }
 
 impl ScoreRecord {
@@ -75,6 +78,7 @@ impl ScoreRecord {
             seg_ppl: None,
             seg_attn: None,
             cas: None,
+            ppl_alone: None,
         }
     }
 

@@ -1,10 +1,10 @@
 //! The selection report: counts, score statistics, the cut-off, every bad, skipped,
 //! missing or duplicate sample, and the diagnostics of spec section 9.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct Stats {
     pub n: usize,
     pub min: f64,
@@ -77,7 +77,7 @@ pub struct SampleRow {
     pub n_tokens: Option<usize>,
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct Counts {
     pub lines: u64,
     pub records: usize,

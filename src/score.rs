@@ -2,11 +2,12 @@
 //! as it goes), resumable and shardable by line number.
 
 use crate::data::{parse_line, LineReader, RawLine, Sample};
-use crate::model::{self, LoadedModel};
-use crate::passes::{score_sample, ShortModel};
+use crate::model;
+use crate::models::{two_phase, Models};
+use crate::passes::score_sample;
 use crate::progress::Progress;
 use crate::record::{ScoreRecord, Status};
-use crate::settings::{describe, ScoreSettings, ShortSpec};
+use crate::settings::{describe, ScoreSettings};
 use crate::template::{tokenize, TokenizeError, Tokens};
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
@@ -21,23 +22,26 @@ use std::time::Instant;
 const PREFETCH: usize = 32;
 
 /// What a line became before the model passes.
-enum Prepared {
+pub(crate) enum Prepared {
     Failed(ScoreRecord),
     Ready(Sample, Tokens),
 }
 
 /// Records already in `--out` (for --resume): line -> id key.
-struct Existing {
-    lines: HashMap<u64, String>,
-    ids: Vec<(String, u64)>,
+pub(crate) struct Existing {
+    pub lines: HashMap<u64, String>,
+    pub ids: Vec<(String, u64)>,
+    /// Kept records that are bad or skipped: the run still finishes with status 2.
+    pub problems: u64,
 }
 
 /// Opens `--out` for appending; with `resume`, reads what is there and cuts a half-written
 /// last line.
-fn open_output(path: &Path, resume: bool, overwrite: bool) -> Result<(File, Existing)> {
+pub(crate) fn open_output(path: &Path, resume: bool, overwrite: bool) -> Result<(File, Existing)> {
     let mut existing = Existing {
         lines: HashMap::new(),
         ids: Vec::new(),
+        problems: 0,
     };
     let exists = path.exists() && std::fs::metadata(path)?.len() > 0;
     if exists && !resume && !overwrite {
@@ -80,6 +84,8 @@ fn open_output(path: &Path, resume: bool, overwrite: bool) -> Result<(File, Exis
         // A fresh run checks duplicates among scored samples only; so does a resumed one.
         if rec.status == Status::Ok {
             existing.ids.push((key.clone(), rec.line));
+        } else {
+            existing.problems += 1;
         }
         existing.lines.insert(rec.line, key);
         keep += got as u64;
@@ -90,7 +96,12 @@ fn open_output(path: &Path, resume: bool, overwrite: bool) -> Result<(File, Exis
     Ok((f, existing))
 }
 
-fn prepare(raw: &RawLine, lm: &LoadedModel, s: &ScoreSettings) -> Result<Prepared> {
+pub(crate) fn prepare(
+    raw: &RawLine,
+    tokenizer: &tokenizers::Tokenizer,
+    bos: Option<u32>,
+    s: &ScoreSettings,
+) -> Result<Prepared> {
     let sample = match parse_line(raw) {
         Ok(x) => x,
         Err(e) => {
@@ -102,7 +113,7 @@ fn prepare(raw: &RawLine, lm: &LoadedModel, s: &ScoreSettings) -> Result<Prepare
             )))
         }
     };
-    let t = tokenize(&lm.tokenizer, &s.template, &sample, lm.bos, s.max_len)
+    let t = tokenize(tokenizer, &s.template, &sample, bos, s.max_len)
         .with_context(|| format!("{} line {}", s.data.display(), raw.number))?;
     Ok(match t {
         Ok(t) => Prepared::Ready(sample, t),
@@ -136,19 +147,25 @@ fn warnings(t: &Tokens, n_segments: usize, segment_len: usize) -> Vec<String> {
 
 /// Counts per outcome, for the summary and the exit status.
 #[derive(Default)]
-struct Tally {
+pub(crate) struct Tally {
     scored: u64,
     skipped: u64,
     bad: u64,
     warned: u64,
     truncated: u64,
-    tokens: u64,
+    pub tokens: u64,
+    /// Bad or skipped records kept by --resume.
+    pub kept_problems: u64,
     reported: Vec<String>,
 }
 
 pub fn run(s: ScoreSettings) -> Result<ExitCode> {
+    if s.devices.len() > 1 {
+        return crate::workers::run(s);
+    }
     let (device, hint) = model::open_device(&s.device.parse().map_err(|e: String| anyhow!(e))?)?;
     let dtype = crate::settings::resolve_dtype(s.dtype, &device);
+    model::configure_matmul(dtype);
     if !s.quiet {
         if let Some(h) = hint {
             eprintln!("gateau: {h}");
@@ -157,50 +174,25 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
         eprintln!("gateau score: device {device:?}, dtype {dtype:?}");
     }
     let started = Instant::now();
-    let long = model::load(&s.long_spec(), &device, dtype)?;
-    let short_loaded = match &s.short {
-        ShortSpec::Model {
-            location,
-            rope_theta,
-        } => {
-            let spec = model::ModelSpec {
-                location: location.clone(),
-                tokenizer: s.tokenizer.clone(),
-                rope_theta: *rope_theta,
-            };
-            let m = model::load(&spec, &device, dtype)?;
-            let (a, b) = (
-                m.tokenizer.get_vocab_size(true),
-                long.tokenizer.get_vocab_size(true),
-            );
-            if a != b {
-                bail!(
-                    "--short-model {location} and --long-model {} are not homologous: their \
-                     tokenizers have {a} and {b} tokens",
-                    s.long_model
-                );
-            }
-            Some(m)
-        }
-        ShortSpec::Window(_) => None,
+    let (mut out, existing) = open_output(&s.out, s.resume, s.overwrite)?;
+    let given = match two_phase(&s, &device, dtype)? {
+        true => Some(crate::short_pass::run(&s, &device, dtype, &existing)?),
+        false => None,
     };
-    let short = match (&s.short, &short_loaded) {
-        (_, Some(m)) => ShortModel::Separate(&m.llama),
-        (ShortSpec::Window(w), None) => ShortModel::Window(*w),
-        (ShortSpec::Model { .. }, None) => unreachable!("loaded above"),
-    };
+    let two_phases = given.is_some();
+    let models = Models::load(&s, &device, dtype, given)?;
+    let long = &models.long;
     if !s.quiet {
-        let short_name = short_loaded
-            .as_ref()
-            .map_or("(window of the long model)", |m| m.source.as_str());
         eprintln!(
-            "gateau score: long model {}, short model {short_name}; loaded in {:.1} s",
+            "gateau score: long model {}, short model {}; loaded in {:.1} s; segment batches \
+             of up to {} tokens",
             long.source,
-            started.elapsed().as_secs_f64()
+            models.short_name(),
+            started.elapsed().as_secs_f64(),
+            models.batch_tokens
         );
     }
 
-    let (mut out, existing) = open_output(&s.out, s.resume, s.overwrite)?;
     let in_shard = |l: u64| s.shard.is_none_or(|sh| sh.contains(l));
     let n_lines = crate::data::reader::count_lines(&s.data)?;
     let todo = (0..n_lines)
@@ -214,11 +206,14 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
         );
     }
     let mut seen: HashMap<String, u64> = HashMap::new();
-    for (k, l) in existing.ids {
-        seen.entry(k).or_insert(l);
+    for (k, l) in &existing.ids {
+        seen.entry(k.clone()).or_insert(*l);
     }
     let mut progress = Progress::new(todo, s.quiet);
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        kept_problems: existing.problems,
+        ..Tally::default()
+    };
     let mut reader = LineReader::open(&s.data)?;
     loop {
         let mut chunk = Vec::with_capacity(PREFETCH);
@@ -227,22 +222,7 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
             if !in_shard(raw.number) {
                 continue;
             }
-            if let Some(id) = existing.lines.get(&raw.number) {
-                // The record must belong to this input: resuming against another file
-                // would silently mix datasets.
-                if let Ok(sample) = parse_line(&raw) {
-                    if &sample.id.to_string() != id {
-                        bail!(
-                            "--resume: {} has id {id} for line {}, but {} line {} has id {}; \
-                             the output belongs to another input",
-                            s.out.display(),
-                            raw.number,
-                            s.data.display(),
-                            raw.number,
-                            sample.id
-                        );
-                    }
-                }
+            if already_done(&raw, &existing, &s)? {
                 continue;
             }
             chunk.push(raw);
@@ -255,13 +235,16 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
         }
         let prepared: Vec<Prepared> = chunk
             .par_iter()
-            .map(|raw| prepare(raw, &long, &s))
+            .map(|raw| prepare(raw, &long.tokenizer, long.bos, &s))
             .collect::<Result<_>>()?;
         for p in prepared {
             let (record, tokens) = match p {
                 Prepared::Failed(r) => (r, 0),
-                Prepared::Ready(sample, t) => score_one(&sample, &t, &long, &short, &s, &mut seen)
-                    .with_context(|| format!("{} line {}", s.data.display(), sample.line))?,
+                Prepared::Ready(sample, t) => match duplicate(&sample, &mut seen) {
+                    Some(r) => (r, 0),
+                    None => score_one(&sample, &t, &models, &s)
+                        .with_context(|| format!("{} line {}", s.data.display(), sample.line))?,
+                },
             };
             write_record(&mut out, &record, &s.out)?;
             report(&record, &mut tally, &progress, &s)?;
@@ -269,6 +252,41 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
             progress.advance(tokens as u64);
         }
     }
+    if two_phases {
+        crate::short_pass::done(&s);
+    }
+    Ok(summarize(&tally, &progress, started, &s))
+}
+
+/// Whether `--resume` keeps a record of this line; the record must belong to this input
+/// (resuming against another file would silently mix datasets).
+pub(crate) fn already_done(raw: &RawLine, existing: &Existing, s: &ScoreSettings) -> Result<bool> {
+    let Some(id) = existing.lines.get(&raw.number) else {
+        return Ok(false);
+    };
+    if let Ok(sample) = parse_line(raw) {
+        if &sample.id.to_string() != id {
+            bail!(
+                "--resume: {} has id {id} for line {}, but {} line {} has id {}; \
+                 the output belongs to another input",
+                s.out.display(),
+                raw.number,
+                s.data.display(),
+                raw.number,
+                sample.id
+            );
+        }
+    }
+    Ok(true)
+}
+
+/// Prints the run's summary and gives its exit status.
+pub(crate) fn summarize(
+    tally: &Tally,
+    progress: &Progress,
+    started: Instant,
+    s: &ScoreSettings,
+) -> ExitCode {
     progress.finish();
     let secs = started.elapsed().as_secs_f64();
     if !s.quiet {
@@ -297,34 +315,46 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if tally.bad + tally.skipped > 0 {
+    if tally.kept_problems > 0 && !s.quiet {
+        eprintln!(
+            "gateau score: {} bad or skipped records were kept from the interrupted run",
+            tally.kept_problems
+        );
+    }
+    if tally.bad + tally.skipped + tally.kept_problems > 0 {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }
 
-fn score_one(
-    sample: &Sample,
-    t: &Tokens,
-    long: &LoadedModel,
-    short: &ShortModel,
-    s: &ScoreSettings,
-    seen: &mut HashMap<String, u64>,
-) -> Result<(ScoreRecord, usize)> {
+/// The record of a sample whose id an earlier scored sample already has (and, if not,
+/// the id is remembered). Samples must come in line order.
+pub(crate) fn duplicate(sample: &Sample, seen: &mut HashMap<String, u64>) -> Option<ScoreRecord> {
     let key = sample.id.to_string();
     if let Some(first) = seen.get(&key) {
-        let r = ScoreRecord::failed(
+        return Some(ScoreRecord::failed(
             sample.id.clone(),
             sample.line,
             Status::Bad,
             format!("duplicate id {key} (first on line {first})"),
-        );
-        return Ok((r, 0));
+        ));
     }
     seen.insert(key, sample.line);
-    let sc = score_sample(&long.llama, short, t, &s.passes())?;
+    None
+}
+
+pub(crate) fn score_one(
+    sample: &Sample,
+    t: &Tokens,
+    models: &Models,
+    s: &ScoreSettings,
+) -> Result<(ScoreRecord, usize)> {
+    let short = models.short_for(sample.line)?;
+    let passes = s.passes(models.batch_tokens);
+    let sc = score_sample(&models.long.llama, &short, t, &passes)?;
     if !(sc.ppl_long.is_finite() && sc.ppl_short.is_finite())
+        || sc.ppl_alone.is_some_and(|p| !p.is_finite())
         || sc.seg_ppl.iter().any(|p| !p.is_finite())
     {
         let r = ScoreRecord::failed(
@@ -348,10 +378,11 @@ fn score_one(
     r.seg_ppl = Some(sc.seg_ppl);
     r.seg_attn = Some(sc.seg_attn);
     r.cas = Some(sc.cas);
+    r.ppl_alone = sc.ppl_alone;
     Ok((r, sc.model_tokens))
 }
 
-fn write_record(out: &mut File, r: &ScoreRecord, path: &Path) -> Result<()> {
+pub(crate) fn write_record(out: &mut File, r: &ScoreRecord, path: &Path) -> Result<()> {
     let mut line = serde_json::to_vec(r)?;
     line.push(b'\n');
     out.write_all(&line)
@@ -359,7 +390,12 @@ fn write_record(out: &mut File, r: &ScoreRecord, path: &Path) -> Result<()> {
         .with_context(|| format!("cannot write to {}", path.display()))
 }
 
-fn report(r: &ScoreRecord, t: &mut Tally, p: &Progress, s: &ScoreSettings) -> Result<()> {
+pub(crate) fn report(
+    r: &ScoreRecord,
+    t: &mut Tally,
+    p: &Progress,
+    s: &ScoreSettings,
+) -> Result<()> {
     let what = match r.status {
         Status::Ok => {
             t.scored += 1;

@@ -1,10 +1,11 @@
 //! Settings resolved once per run: built-in paper defaults (configs/paper.json), then the
 //! user's config file, then flags. Validated here, logged by the caller.
 
-use crate::cli::{DTypeArg, ScoreArgs, SelectArgs, Shard};
+use crate::cli::{CommonArgs, DTypeArg, RankArgs, ReportArgs, ScoreArgs, SelectArgs, Shard};
 use crate::model::{DeviceChoice, ModelSpec};
 use crate::normalize::{CamNorm, HmgNorm};
 use crate::passes::PassSettings;
+use crate::selection::Method;
 use crate::template::Template;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,10 @@ pub struct ConfigFile {
     pub scores: Option<Vec<PathBuf>>,
     pub out: Option<PathBuf>,
     pub report: Option<PathBuf>,
+    pub report_dir: Option<PathBuf>,
+    pub method: Option<Method>,
+    pub with_ifd: Option<bool>,
+    pub phases: Option<crate::memory::Phases>,
 }
 
 /// Built-in defaults overlaid with the user's config file (key by key).
@@ -102,11 +107,16 @@ pub struct ScoreSettings {
     pub short: ShortSpec,
     pub tokenizer: Option<PathBuf>,
     pub device: String,
+    /// One worker per entry when there are several (`--devices`).
+    pub devices: Vec<String>,
     pub dtype: Option<DTypeArg>,
     pub max_len: usize,
     pub segment_len: usize,
     pub max_segments: usize,
-    pub max_batch_tokens: usize,
+    /// None: picked from free device memory once the models are loaded.
+    pub max_batch_tokens: Option<usize>,
+    pub phases: crate::memory::Phases,
+    pub with_ifd: bool,
     pub template: Template,
 }
 
@@ -117,6 +127,48 @@ fn need<T>(v: Option<T>, flag: &str) -> Result<T> {
             flag.trim_start_matches("--").replace('-', "_")
         )
     })
+}
+
+/// `--devices`: `all`, or a comma-separated list of `N`, `cuda:N` or `cpu`.
+pub fn parse_devices(list: &str) -> Result<Vec<String>> {
+    if list.trim() == "all" {
+        let n = cuda_device_count();
+        if n == 0 {
+            bail!("--devices all: no CUDA device found (or this gateau was built without CUDA)");
+        }
+        return Ok((0..n).map(|i| format!("cuda:{i}")).collect());
+    }
+    let out: Vec<String> = list
+        .split(',')
+        .map(|d| {
+            let d = d.trim();
+            let choice = if d.chars().all(|c| c.is_ascii_digit()) && !d.is_empty() {
+                format!("cuda:{d}")
+            } else {
+                d.to_string()
+            };
+            choice
+                .parse::<DeviceChoice>()
+                .map(|c| c.to_string())
+                .map_err(|e| anyhow!("--devices {list}: {e}"))
+        })
+        .collect::<Result<_>>()?;
+    if out.iter().any(|d| d == "auto") {
+        bail!("--devices {list}: name devices (0,1 or cuda:0,cpu); `auto` is for --device");
+    }
+    Ok(out)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device_count() -> usize {
+    candle_core::cuda::cudarc::driver::result::init()
+        .and_then(|_| candle_core::cuda::cudarc::driver::result::device::get_count())
+        .map_or(0, |n| n as usize)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device_count() -> usize {
+    0
 }
 
 /// `data.jsonl` -> `data<suffix>` next to it.
@@ -185,6 +237,10 @@ impl ScoreSettings {
                 None => "auto".into(),
             },
         };
+        let devices = match &m.devices {
+            Some(list) => parse_devices(list)?,
+            None => vec![device.clone()],
+        };
         let p = &a.passes;
         let s = Self {
             out,
@@ -196,7 +252,8 @@ impl ScoreSettings {
             long_model: need(m.long_model.clone().or(c.long_model), "--long-model")?,
             short,
             tokenizer: m.tokenizer.clone().or(c.tokenizer),
-            device,
+            device: devices[0].clone(),
+            devices,
             dtype: m.dtype.or(c.dtype),
             max_len: positive(need(p.max_len.or(c.max_len), "--max-len")?, "--max-len")?,
             segment_len: positive(
@@ -207,10 +264,13 @@ impl ScoreSettings {
                 need(p.max_segments.or(c.max_segments), "--max-segments")?,
                 "--max-segments",
             )?,
-            max_batch_tokens: positive(
-                p.max_batch_tokens.or(c.max_batch_tokens).unwrap_or(16384),
-                "--max-batch-tokens",
-            )?,
+            max_batch_tokens: p
+                .max_batch_tokens
+                .or(c.max_batch_tokens)
+                .map(|v| positive(v, "--max-batch-tokens"))
+                .transpose()?,
+            phases: p.phases.or(c.phases).unwrap_or(crate::memory::Phases::Auto),
+            with_ifd: a.with_ifd || c.with_ifd.unwrap_or(false),
             template: c.template.unwrap_or_default(),
             data,
         };
@@ -237,11 +297,13 @@ impl ScoreSettings {
         }
     }
 
-    pub fn passes(&self) -> PassSettings {
+    /// The pass settings with the batch budget resolved for one worker's device.
+    pub fn passes(&self, max_batch_tokens: usize) -> PassSettings {
         PassSettings {
             segment_len: self.segment_len,
             max_segments: self.max_segments,
-            max_batch_tokens: self.max_batch_tokens,
+            max_batch_tokens,
+            with_ifd: self.with_ifd,
         }
     }
 }
@@ -264,28 +326,27 @@ impl Keep {
     }
 }
 
+/// Which scores, on which input, ranked how (select, report, inspect, compare).
 #[derive(Debug, Clone, Serialize)]
-pub struct SelectSettings {
+pub struct RankSettings {
     pub data: PathBuf,
     pub scores: Vec<PathBuf>,
-    pub out: PathBuf,
     pub keep: Keep,
+    pub method: Method,
     pub alpha: f64,
     pub hmg_norm: HmgNorm,
     pub cam_norm: CamNorm,
-    pub keep_order: bool,
-    pub report: Option<PathBuf>,
     pub strict: bool,
     pub quiet: bool,
 }
 
-impl SelectSettings {
-    pub fn resolve(a: &SelectArgs) -> Result<Self> {
-        let c = load_config(a.common.config.as_deref())?;
-        let data = need(a.data.clone().or(c.data), "--data")?;
+impl RankSettings {
+    pub fn resolve(a: &RankArgs, common: &CommonArgs) -> Result<(Self, ConfigFile)> {
+        let c = load_config(common.config.as_deref())?;
+        let data = need(a.data.clone().or(c.data.clone()), "--data")?;
         let scores = if !a.scores.is_empty() {
             a.scores.clone()
-        } else if let Some(s) = c.scores.filter(|s| !s.is_empty()) {
+        } else if let Some(s) = c.scores.clone().filter(|s| !s.is_empty()) {
             s
         } else {
             vec![sibling(&data, ".scores.jsonl")]
@@ -308,19 +369,6 @@ impl SelectSettings {
         if !(0.0..=1.0).contains(&alpha) {
             bail!("--alpha must be in [0, 1], got {alpha}");
         }
-        let out = a
-            .out
-            .clone()
-            .or(c.out)
-            .unwrap_or_else(|| sibling(&data, ".selected.jsonl"));
-        for input in std::iter::once(&data).chain(&scores) {
-            if same_file(input, &out) {
-                bail!(
-                    "--out {} is one of the inputs; refusing to overwrite it",
-                    out.display()
-                );
-            }
-        }
         if !data.is_file() {
             bail!("--data {} does not exist or is not a file", data.display());
         }
@@ -334,18 +382,88 @@ impl SelectSettings {
                 );
             }
         }
-        Ok(Self {
+        let s = Self {
             data,
             scores,
-            out,
             keep,
+            method: a.method.or(c.method).unwrap_or(Method::Gateau),
             alpha,
             hmg_norm: a.hmg_norm.or(c.hmg_norm).unwrap_or(HmgNorm::Minmax),
             cam_norm: a.cam_norm.or(c.cam_norm).unwrap_or(CamNorm::Softmax),
+            strict: common.strict,
+            quiet: common.quiet,
+        };
+        Ok((s, c))
+    }
+
+    /// Refuses an output path that is one of the inputs.
+    pub fn check_output(&self, out: &Path, flag: &str) -> Result<()> {
+        for input in std::iter::once(&self.data).chain(&self.scores) {
+            if same_file(input, out) {
+                bail!(
+                    "{flag} {} is one of the inputs; refusing to overwrite it",
+                    out.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SelectSettings {
+    #[serde(flatten)]
+    pub rank: RankSettings,
+    pub out: PathBuf,
+    pub keep_order: bool,
+    pub report: Option<PathBuf>,
+    pub report_dir: Option<PathBuf>,
+}
+
+impl SelectSettings {
+    pub fn resolve(a: &SelectArgs) -> Result<Self> {
+        let (rank, c) = RankSettings::resolve(&a.rank, &a.common)?;
+        let out = a
+            .out
+            .clone()
+            .or(c.out)
+            .unwrap_or_else(|| sibling(&rank.data, ".selected.jsonl"));
+        rank.check_output(&out, "--out")?;
+        let report = a.report.clone().or(c.report);
+        if let Some(r) = &report {
+            rank.check_output(r, "--report")?;
+        }
+        Ok(Self {
+            rank,
+            out,
             keep_order: a.keep_order,
-            report: a.report.clone().or(c.report),
-            strict: a.common.strict,
-            quiet: a.common.quiet,
+            report,
+            report_dir: a.report_dir.clone().or(c.report_dir),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportSettings {
+    #[serde(flatten)]
+    pub rank: RankSettings,
+    pub out: PathBuf,
+    pub bins: usize,
+}
+
+impl ReportSettings {
+    pub fn resolve(a: &ReportArgs) -> Result<Self> {
+        let (rank, c) = RankSettings::resolve(&a.rank, &a.common)?;
+        let out = a
+            .out
+            .clone()
+            .or(c.report_dir)
+            .unwrap_or_else(|| sibling(&rank.data, ".report"));
+        rank.check_output(&out, "--out")?;
+        Ok(Self {
+            rank,
+            out,
+            bins: positive(a.bins, "--bins")?,
         })
     }
 }
@@ -366,6 +484,7 @@ pub fn bench_settings(a: &crate::cli::BenchArgs) -> Result<crate::bench::BenchSe
         device: a.device.clone(),
         dtype: resolve_dtype(a.dtype, &device),
         json: a.json.clone(),
+        profile: a.profile,
     })
 }
 
@@ -416,6 +535,14 @@ mod tests {
         assert_eq!(c.short_rope_theta, Some(2_000_000.0));
         assert_eq!(c.alpha, Some(0.8));
         assert_eq!(c.template.unwrap(), Template::default());
+    }
+
+    #[test]
+    fn device_lists() {
+        assert_eq!(parse_devices("0, 2").unwrap(), ["cuda:0", "cuda:2"]);
+        assert_eq!(parse_devices("cpu,cuda:1").unwrap(), ["cpu", "cuda:1"]);
+        assert!(parse_devices("gpu").is_err());
+        assert!(parse_devices("auto").is_err());
     }
 
     #[test]

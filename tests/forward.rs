@@ -23,11 +23,12 @@ fn tokens(seed: u64, n: usize) -> Vec<u32> {
 /// Logits within 1e-5 of their row's scale (max |logit|; f32 round-off is uniform across a
 /// row, so element-wise relative error is meaningless near zero), attention mass within 1e-5
 /// relative (floor 1e-4, well under the mass a key receives in these models).
-fn check_against_naive(heads: usize, kv: usize, tied: bool, sharded: bool) {
+fn check_against_naive(heads: usize, kv: usize, tied: bool, sharded: bool, split: bool) {
     let dir = tmp();
     let tiny = Tiny::random(7 + heads as u64 + kv as u64, heads, kv, tied);
     tiny.write(dir.path(), sharded);
-    let m = load(dir.path(), None);
+    let mut m = load(dir.path(), None);
+    m.llama.set_split_attention(split);
     // Long enough to cross several attention chunks would need > 16 rows; the chunking
     // itself is unit-tested, here we use a sequence with a long scored tail.
     let seq = tokens(3, 97);
@@ -70,14 +71,21 @@ fn check_against_naive(heads: usize, kv: usize, tied: bool, sharded: bool) {
     assert_rel(ppl, naive.ppl(&seq, from), 1e-5, "response perplexity");
 }
 
+/// The layout the flash-attention build uses: layer outputs from `fused_causal` in
+/// `[B, T, H, hd]`, the capture on the side (on the CPU the fused call is the chunked one).
+#[test]
+fn split_attention_path_matches_naive() {
+    check_against_naive(4, 2, false, false, true);
+}
+
 #[test]
 fn multi_head_tied_matches_naive() {
-    check_against_naive(4, 4, true, false);
+    check_against_naive(4, 4, true, false, false);
 }
 
 #[test]
 fn grouped_query_untied_sharded_matches_naive() {
-    check_against_naive(4, 2, false, true);
+    check_against_naive(4, 2, false, true, false);
 }
 
 #[test]

@@ -147,45 +147,56 @@ fn separate_short_model_with_rope_override_and_truncation() {
     let short = Tiny::random(77, 4, 2, true);
     let short_dir = f.path("short");
     short.write(&short_dir, false);
-    let out = f.path("scores.jsonl");
-    let o = run(&[
-        "score",
-        "--data",
-        p(&f.data),
-        "--out",
-        p(&out),
-        "--long-model",
-        p(&f.model),
-        "--short-model",
-        p(&short_dir),
-        "--short-rope-theta",
-        "2000000",
-        "--segment-len",
-        "16",
-        "--max-segments",
-        "3",
-        "--max-len",
-        "120",
-        "--device",
-        "cpu",
-        "--quiet",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let recs: Vec<ScoreRecord> = read_jsonl(&out);
-    let mut truncated = 0;
-    for (r, (_, c, x, y)) in recs.iter().zip(&f.samples) {
-        let want = reference(
-            &f.long,
-            &RefShort::Model(&short, 2_000_000.0),
-            (c, x, y),
-            SEG,
-            3,
-            120,
+    // Both models resident, and two phases (A over every sample, then B): the same numbers.
+    for phases in ["one", "two"] {
+        let out = f.path(&format!("scores-{phases}.jsonl"));
+        let o = run(&[
+            "score",
+            "--data",
+            p(&f.data),
+            "--out",
+            p(&out),
+            "--long-model",
+            p(&f.model),
+            "--short-model",
+            p(&short_dir),
+            "--short-rope-theta",
+            "2000000",
+            "--segment-len",
+            "16",
+            "--max-segments",
+            "3",
+            "--max-len",
+            "120",
+            "--device",
+            "cpu",
+            "--phases",
+            phases,
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let recs: Vec<ScoreRecord> = read_jsonl(&out);
+        let mut truncated = 0;
+        for (r, (_, c, x, y)) in recs.iter().zip(&f.samples) {
+            let want = reference(
+                &f.long,
+                &RefShort::Model(&short, 2_000_000.0),
+                (c, x, y),
+                SEG,
+                3,
+                120,
+            );
+            truncated += usize::from(want.truncated);
+            check_record(r, &want);
+        }
+        assert_eq!(recs.len(), 3);
+        let side = format!("{}.short-pass.jsonl", p(&out));
+        assert!(
+            !Path::new(&side).exists(),
+            "the phase-one file is removed at the end"
         );
-        truncated += usize::from(want.truncated);
-        check_record(r, &want);
+        assert!(truncated > 0, "the fixture must exercise truncation");
     }
-    assert!(truncated > 0, "the fixture must exercise truncation");
 }
 
 #[test]
@@ -406,4 +417,95 @@ fn resume_still_catches_duplicates_of_kept_records() {
         Status::Ok,
         "id 4 is new: the malformed line 4 had no id"
     );
+}
+
+/// The same arguments with two CPU workers instead of `--device cpu`.
+fn with_workers(args: Vec<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if a == "--device" {
+            it.next();
+            out.extend(["--devices".to_string(), "cpu,cpu".to_string()]);
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
+fn assert_same_records(
+    a: &std::collections::BTreeMap<u64, ScoreRecord>,
+    b: &std::collections::BTreeMap<u64, ScoreRecord>,
+) {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (l, r) in a {
+        let s = &b[l];
+        assert_eq!(
+            (&r.id, r.status, &r.error),
+            (&s.id, s.status, &s.error),
+            "line {l}"
+        );
+        if r.status == Status::Ok {
+            assert_rel(s.ppl_long.unwrap(), r.ppl_long.unwrap(), 1e-9, "ppl_long");
+            assert_rel(
+                s.ppl_short.unwrap(),
+                r.ppl_short.unwrap(),
+                1e-9,
+                "ppl_short",
+            );
+            assert_eq!(s.seg_ppl, r.seg_ppl, "line {l} seg_ppl");
+            assert_eq!(s.cas, r.cas, "line {l} cas");
+        }
+    }
+}
+
+#[test]
+fn cpu_workers_equal_one_device_longest_first_and_resumable() {
+    let f = Fixture::new(7);
+    let mut text = std::fs::read_to_string(&f.data).unwrap();
+    // A malformed line, then a repeat of line 0's id: decided in line order by both runs.
+    text.push_str(
+        "{broken\n{\"id\":\"s0\",\"instruction\":\"q\",\"input\":\"a b\",\"output\":\"x\"}\n",
+    );
+    std::fs::write(&f.data, text).unwrap();
+    let one = f.path("one.jsonl");
+    assert_eq!(score(&f.args(&one)).status.code(), Some(2));
+    let two = f.path("two.jsonl");
+    let o = score(&with_workers(f.args(&two)));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let (a, b) = (by_line(read_jsonl(&one)), by_line(read_jsonl(&two)));
+    assert_same_records(&a, &b);
+    assert_eq!(
+        a[&8].error.as_deref(),
+        Some("duplicate id \"s0\" (first on line 0)")
+    );
+    // Bad lines are written by the pre-pass; scored ones follow, longest first.
+    let order: Vec<ScoreRecord> = read_jsonl(&two);
+    let scored: Vec<usize> = order
+        .iter()
+        .filter(|r| r.status == Status::Ok)
+        .map(|r| r.n_tokens.unwrap())
+        .collect();
+    assert!(scored.len() >= 2, "{scored:?}");
+    // Each worker's first job is one of the two longest, so the first record is too.
+    let mut sorted = scored.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    assert!(scored[0] >= sorted[1], "not longest first: {scored:?}");
+    // Cut after three records and half a fourth; resume with the workers.
+    let text = std::fs::read_to_string(&two).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = format!(
+        "{}\n{}\n{}\n{}",
+        lines[0],
+        lines[1],
+        lines[2],
+        &lines[3][..lines[3].len() / 2]
+    );
+    let part = f.path("part.jsonl");
+    std::fs::write(&part, cut).unwrap();
+    let mut args = with_workers(f.args(&part));
+    args.push("--resume".into());
+    assert_eq!(score(&args).status.code(), Some(2));
+    assert_same_records(&a, &by_line(read_jsonl(&part)));
 }

@@ -18,10 +18,6 @@ fn score_budget(device: &Device) -> usize {
     }
 }
 
-/// Masks of all chunks are cached when they total at most this many elements (the whole
-/// causal triangle up to about 8k tokens); longer passes build each mask on the device.
-const MASK_CACHE: usize = 32 << 20;
-
 /// The attention output `[B, H, T, hd]` and, when asked, the captured mass `[B, T]` (f32).
 pub struct AttentionOutput {
     pub out: Tensor,
@@ -43,32 +39,32 @@ pub fn row_chunks(t: usize, split: usize, rows: usize) -> Vec<(usize, usize)> {
     out
 }
 
-/// `0` where key `j <= s + i`, `-inf` elsewhere, shape `[n, e]`.
-fn causal_mask(s: usize, n: usize, e: usize, device: &Device) -> candle_core::Result<Tensor> {
+/// `0` where key `j <= i`, `-inf` elsewhere, shape `[n, n]`: the diagonal block of a chunk
+/// (keys before the chunk's first row are all visible and need no mask).
+fn triangle(n: usize, device: &Device) -> candle_core::Result<Tensor> {
     if !device.is_cpu() {
-        return device_mask(s, n, e, device);
+        return device_mask(0, n, n, device);
     }
-    let mut m = vec![0f32; n * e];
+    let mut m = vec![0f32; n * n];
     for i in 0..n {
-        for v in &mut m[i * e + s + i + 1..(i + 1) * e] {
+        for v in &mut m[i * n + i + 1..(i + 1) * n] {
             *v = f32::NEG_INFINITY;
         }
     }
-    Tensor::from_vec(m, (n, e), device)
+    Tensor::from_vec(m, (n, n), device)
 }
 
-/// The query-row chunks of one forward pass and their causal masks, built once and shared
-/// by every layer.
+/// The query-row chunks of one forward pass and their diagonal masks, built once and
+/// shared by every layer.
 pub struct Plan {
     chunks: Vec<(usize, usize)>,
-    /// One mask per chunk, or none when they are built on the fly.
-    masks: Option<Vec<Tensor>>,
+    /// One triangle per distinct chunk height.
+    masks: Vec<(usize, Tensor)>,
     capture_from: Option<usize>,
-    device: Device,
 }
 
 impl Plan {
-    /// Chunks sized so that one chunk's f32 scores stay under [`SCORE_BUDGET`].
+    /// Chunks sized so that one chunk's f32 scores stay under the device's budget.
     pub fn new(
         b: usize,
         h: usize,
@@ -87,37 +83,30 @@ impl Plan {
         device: &Device,
     ) -> candle_core::Result<Self> {
         let chunks = row_chunks(t, capture_from.unwrap_or(t), rows);
-        let total: usize = chunks.iter().map(|&(s, e)| (e - s) * e).sum();
-        let masks = if total <= MASK_CACHE {
-            Some(
-                chunks
-                    .iter()
-                    .map(|&(s, e)| causal_mask(s, e - s, e, device))
-                    .collect::<candle_core::Result<_>>()?,
-            )
-        } else {
-            None
-        };
+        let mut masks: Vec<(usize, Tensor)> = Vec::new();
+        for &(s, e) in &chunks {
+            if !masks.iter().any(|m| m.0 == e - s) {
+                masks.push((e - s, triangle(e - s, device)?));
+            }
+        }
         Ok(Self {
             chunks,
             masks,
             capture_from,
-            device: device.clone(),
         })
     }
 
-    fn mask(&self, i: usize) -> candle_core::Result<Tensor> {
-        match &self.masks {
-            Some(m) => Ok(m[i].clone()),
-            None => {
-                let (s, e) = self.chunks[i];
-                causal_mask(s, e - s, e, &self.device)
-            }
-        }
+    fn mask(&self, n: usize) -> &Tensor {
+        &self
+            .masks
+            .iter()
+            .find(|m| m.0 == n)
+            .expect("a mask per chunk height")
+            .1
     }
 }
 
-/// The same mask from tensor ops, built where it is used (no host loop, no upload).
+/// The same triangle from tensor ops, built where it is used (no host loop, no upload).
 fn device_mask(s: usize, n: usize, e: usize, device: &Device) -> candle_core::Result<Tensor> {
     let keys = Tensor::arange(0u32, e as u32, device)?.reshape((1, e))?;
     let rows = Tensor::arange(s as u32, (s + n) as u32, device)?.reshape((n, 1))?;
@@ -125,6 +114,60 @@ fn device_mask(s: usize, n: usize, e: usize, device: &Device) -> candle_core::Re
     let zeros = Tensor::zeros((n, e), DType::F32, device)?;
     let neg = Tensor::full(f32::NEG_INFINITY, (n, e), device)?;
     future.where_cond(&neg, &zeros)
+}
+
+/// Causal probabilities of chunk `(s, e)`: `[B, KV, g, n, e]` f32. `q32` is the f32 query
+/// `[B, H, T, hd]` already multiplied by the softmax scale (one pass over `n x hd` instead
+/// of one over the `n x e` scores), `k32` the f32 keys `[B, KV, T, hd]`.
+/// Row `r` of `q32` is query position `q_off + r`.
+fn chunk_probs(
+    q32: &Tensor,
+    q_off: usize,
+    k32: &Tensor,
+    plan: &Plan,
+    (s, e): (usize, usize),
+) -> candle_core::Result<Tensor> {
+    let (b, h, _, hd) = q32.dims4()?;
+    let kv = k32.dim(1)?;
+    let g = h / kv;
+    let n = e - s;
+    // [B, H, n, hd] -> [B, KV, g*n, hd]: the heads of one kv group share one matmul.
+    let qc = q32
+        .narrow(2, s - q_off, n)?
+        .contiguous()?
+        .reshape((b, kv, g * n, hd))?;
+    let kc = k32.narrow(2, 0, e)?.contiguous()?;
+    let scores = qc.matmul(&kc.t()?)?.reshape((b, kv, g, n, e))?;
+    // Only the diagonal block has future keys; mask it in place.
+    let diag = scores.narrow(4, s, n)?.broadcast_add(plan.mask(n))?;
+    scores.slice_set(&diag, 4, s)?;
+    candle_nn::ops::softmax_last_dim(&scores)
+}
+
+fn f32_inputs(q: &Tensor, k: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let scale = 1.0 / (q.dim(3)? as f64).sqrt();
+    Ok(((q.to_dtype(DType::F32)? * scale)?, k.to_dtype(DType::F32)?))
+}
+
+/// The attention mass the rows `>= capture_from` pay to every key, summed over heads and
+/// rows, `[B, T]` f32: the capture alone, for when a fused kernel computes the layer output.
+/// `q` may be a strided view (e.g. a transposed `[B, T, H, hd]` tensor); only its captured
+/// rows are converted to f32.
+pub fn capture_mass(q: &Tensor, k: &Tensor, plan: &Plan) -> candle_core::Result<Tensor> {
+    let (b, _, t, _) = q.dims4()?;
+    let split = plan.capture_from.unwrap_or(t);
+    let (q32, k32) = f32_inputs(&q.narrow(2, split, t - split)?, k)?;
+    let mut mass = Tensor::zeros((b, t), DType::F32, q.device())?;
+    for &(s, e) in plan.chunks.iter().filter(|c| c.0 >= split) {
+        let probs = chunk_probs(&q32, split, &k32, plan, (s, e))?;
+        let m = probs
+            .sum(D::Minus2)?
+            .sum(2)?
+            .sum(1)?
+            .pad_with_zeros(1, 0, t - e)?;
+        mass = (mass + m)?;
+    }
+    Ok(mass)
 }
 
 /// q: `[B, H, T, hd]`, k and v: `[B, KV, T, hd]` with H a multiple of KV (grouped query:
@@ -138,25 +181,14 @@ pub fn causal_attention(
 ) -> candle_core::Result<AttentionOutput> {
     let (b, h, t, hd) = q.dims4()?;
     let kv = k.dim(1)?;
-    let g = h / kv;
     let dtype = q.dtype();
-    let scale = 1.0 / (hd as f64).sqrt();
     let split = plan.capture_from.unwrap_or(t);
-    let k32 = k.to_dtype(DType::F32)?;
+    let (q32, k32) = f32_inputs(q, k)?;
     let mut outs = Vec::new();
     let mut mass: Option<Tensor> = None;
-    for (i, &(s, e)) in plan.chunks.iter().enumerate() {
-        let mask = plan.mask(i)?;
+    for &(s, e) in &plan.chunks {
         let n = e - s;
-        // [B, H, n, hd] -> [B, KV, g*n, hd]: the heads of one kv group share one matmul.
-        let qc = q
-            .narrow(2, s, n)?
-            .to_dtype(DType::F32)?
-            .contiguous()?
-            .reshape((b, kv, g * n, hd))?;
-        let kc = k32.narrow(2, 0, e)?.contiguous()?;
-        let scores = (qc.matmul(&kc.t()?)? * scale)?.reshape((b, kv, g, n, e))?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
+        let probs = chunk_probs(&q32, 0, &k32, plan, (s, e))?;
         if s >= split {
             let m = probs.sum(D::Minus2)?.sum(2)?.sum(1)?; // [B, e]
             let m = m.pad_with_zeros(1, 0, t - e)?;
@@ -167,7 +199,7 @@ pub fn causal_attention(
         }
         let vc = v.narrow(2, 0, e)?.contiguous()?;
         let o = probs
-            .reshape((b, kv, g * n, e))?
+            .reshape((b, kv, (h / kv) * n, e))?
             .to_dtype(dtype)?
             .matmul(&vc)?
             .reshape((b, h, n, hd))?;
@@ -179,6 +211,28 @@ pub fn causal_attention(
         (_, m) => m,
     };
     Ok(AttentionOutput { out, mass })
+}
+
+/// Causal attention in the `[B, T, H, hd]` layout, output only: flash attention on CUDA
+/// when built with `flash-attn` (bf16/f16), else the chunked kernels above.
+pub fn fused_causal(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "flash-attn")]
+    if q.device().is_cuda() && q.dtype() != DType::F32 {
+        let scale = 1.0 / (q.dim(3)? as f32).sqrt();
+        return candle_flash_attn::flash_attn(q, k, v, scale, true);
+    }
+    let (b, t, h, _) = q.dims4()?;
+    let heads = |x: &Tensor| x.transpose(1, 2)?.contiguous();
+    let plan = Plan::new(b, h, t, None, q.device())?;
+    causal_attention(&heads(q)?, &heads(k)?, &heads(v)?, &plan)?
+        .out
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// Whether [`fused_causal`] runs a fused kernel on this device and dtype.
+pub fn fused_available(device: &Device, dtype: DType) -> bool {
+    cfg!(feature = "flash-attn") && device.is_cuda() && dtype != DType::F32
 }
 
 #[cfg(test)]
@@ -193,14 +247,11 @@ mod tests {
     }
 
     #[test]
-    fn mask_is_causal() {
-        let m = causal_mask(2, 2, 4, &Device::Cpu)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        assert_eq!(m[0][..3], [0.0, 0.0, 0.0]);
-        assert!(m[0][3].is_infinite());
-        assert_eq!(m[1], vec![0.0; 4]);
+    fn triangle_is_causal() {
+        let m = triangle(3, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(m[0][0], 0.0);
+        assert!(m[0][1].is_infinite() && m[0][2].is_infinite() && m[1][2].is_infinite());
+        assert_eq!(m[2], vec![0.0; 3]);
     }
 
     #[test]
@@ -226,29 +277,42 @@ mod tests {
 
     #[test]
     fn device_mask_equals_the_host_loop() {
-        for (st, n, e) in [(0, 5, 5), (3, 4, 7), (10, 1, 11)] {
-            let host = causal_mask(st, n, e, &Device::Cpu)
+        for n in [1, 5, 9] {
+            let host = triangle(n, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+            let ops = device_mask(0, n, n, &Device::Cpu)
                 .unwrap()
                 .to_vec2::<f32>()
                 .unwrap();
-            let ops = device_mask(st, n, e, &Device::Cpu)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap();
-            assert_eq!(host, ops, "s {st} n {n} e {e}");
+            assert_eq!(host, ops, "n {n}");
         }
     }
 
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     #[test]
-    fn masks_built_on_the_fly_equal_cached_ones() {
+    fn capture_alone_and_the_thd_layout_equal_the_full_kernel() {
         let dev = Device::Cpu;
-        let cached = Plan::with_rows(40, Some(30), 7, &dev).unwrap();
-        let mut lazy = Plan::with_rows(40, Some(30), 7, &dev).unwrap();
-        lazy.masks = None;
-        for i in 0..cached.chunks.len() {
-            let (a, b) = (cached.mask(i).unwrap(), lazy.mask(i).unwrap());
-            assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
-        }
+        let q = Tensor::randn(0f32, 1.0, (2, 6, 21, 4), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 3, 21, 4), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, 3, 21, 4), &dev).unwrap();
+        let plan = Plan::with_rows(21, Some(13), 5, &dev).unwrap();
+        let full = causal_attention(&q, &k, &v, &plan).unwrap();
+        let mass = capture_mass(&q, &k, &plan).unwrap();
+        assert!(max_diff(&mass, full.mass.as_ref().unwrap()) < 1e-6);
+        let thd = |x: &Tensor| x.transpose(1, 2).unwrap().contiguous().unwrap();
+        let out = fused_causal(&thd(&q), &thd(&k), &thd(&v)).unwrap();
+        assert!(max_diff(&out, &thd(&full.out)) < 1e-6);
     }
 
     #[test]

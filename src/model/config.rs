@@ -34,6 +34,31 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// Parameters, embedding and head included.
+    pub fn param_count(&self) -> u64 {
+        let (d, f, v) = (
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.vocab_size as u64,
+        );
+        let (q, kv) = (
+            (self.num_heads * self.head_dim) as u64,
+            (self.num_kv_heads * self.head_dim) as u64,
+        );
+        let layer = d * q + 2 * d * kv + q * d + 3 * d * f + 2 * d;
+        let head = if self.tie_word_embeddings { 0 } else { v * d };
+        v * d + self.num_layers as u64 * layer + d + head
+    }
+
+    /// Bytes of activations alive at once per token of a pass in a `width`-byte dtype: the
+    /// f32 residual stream and its f32 update, the normed input, q/k/v, and the MLP's gate,
+    /// up and product (attention scores are bounded separately, by the chunk budget).
+    pub fn activation_bytes_per_token(&self, width: u64) -> u64 {
+        let d = self.hidden_size as u64;
+        let qkv = ((self.num_heads + 2 * self.num_kv_heads) * self.head_dim) as u64;
+        8 * d + width * (d + qkv + 3 * self.intermediate_size as u64)
+    }
+
     /// Reads an HF `config.json`.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -171,6 +196,27 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn llama2_7b_has_its_published_parameter_count() {
+        let c = ModelConfig {
+            hidden_size: 4096,
+            intermediate_size: 11008,
+            vocab_size: 32000,
+            num_layers: 32,
+            num_heads: 32,
+            num_kv_heads: 32,
+            head_dim: 128,
+            rms_norm_eps: 1e-5,
+            rope_theta: 1e4,
+            rope_scaling: None,
+            max_position_embeddings: 4096,
+            tie_word_embeddings: false,
+            bos_token_id: Some(1),
+        };
+        // HF's LlamaForCausalLM reports 6,738,415,616 parameters.
+        assert_eq!(c.param_count(), 6_738_415_616);
+    }
 
     fn tiny() -> ModelConfig {
         ModelConfig {

@@ -4,8 +4,9 @@
 //! Layout mirrors HF checkpoints (`model.layers.N.self_attn.q_proj`, ...), so the same code
 //! loads safetensors folders and (renamed, un-permuted) GGUF tensors.
 
-use super::attention::{causal_attention, Plan};
+use super::attention::{capture_mass, causal_attention, fused_available, fused_causal, Plan};
 use super::config::ModelConfig;
+use super::profile::op;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
@@ -72,6 +73,7 @@ pub struct Llama {
     lm_head: Tensor,
     device: Device,
     dtype: DType,
+    split: bool,
 }
 
 impl Llama {
@@ -91,6 +93,7 @@ impl Llama {
             vb.get((v, d), "lm_head.weight")?
         };
         Ok(Self {
+            split: fused_available(embed.device(), embed.dtype()),
             device: embed.device().clone(),
             dtype: embed.dtype(),
             cfg,
@@ -99,6 +102,12 @@ impl Llama {
             norm,
             lm_head,
         })
+    }
+
+    /// Attention through [`fused_causal`] for the layer outputs with the capture computed on
+    /// the side (the default where a fused kernel exists), or the chunked kernel doing both.
+    pub fn set_split_attention(&mut self, split: bool) {
+        self.split = split;
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -186,29 +195,70 @@ impl Llama {
         let (cos, sin) = self.rope_tables(t)?;
         let plan = Plan::new(b, nh, t, capture.then_some(score_from), &self.device)?;
         let mut mass: Option<Tensor> = None;
+        let dev = &self.device;
         for layer in &self.layers {
-            let h = self.rms_norm(&x, &layer.input_norm)?;
-            let heads = |lin: &Linear, n: usize| -> candle_core::Result<Tensor> {
-                lin.forward(&h)?
-                    .reshape((b, t, n, hd))?
-                    .transpose(1, 2)?
-                    .contiguous()
+            let h = op(dev, "rms_norm", || self.rms_norm(&x, &layer.input_norm))?;
+            // [B, T, n, hd], the layout of the projections' output.
+            let proj = |lin: &Linear, n: usize| lin.forward(&h)?.reshape((b, t, n, hd));
+            let (att, m) = if self.split {
+                let (q, k, v) = op(dev, "qkv_proj", || {
+                    Ok((
+                        proj(&layer.q, nh)?,
+                        proj(&layer.k, nkv)?,
+                        proj(&layer.v, nkv)?,
+                    ))
+                })?;
+                let (q, k) = op(dev, "rope", || {
+                    Ok((
+                        candle_nn::rotary_emb::rope_thd(&q, &cos, &sin)?,
+                        candle_nn::rotary_emb::rope_thd(&k, &cos, &sin)?,
+                    ))
+                })?;
+                let m = match capture {
+                    true => Some(op(dev, "attention_capture", || {
+                        capture_mass(&q.transpose(1, 2)?, &k.transpose(1, 2)?, &plan)
+                    })?),
+                    false => None,
+                };
+                let out = op(dev, "attention", || fused_causal(&q, &k, &v))?;
+                (out.reshape((b, t, nh * hd))?, m)
+            } else {
+                let heads = |lin: &Linear, n: usize| proj(lin, n)?.transpose(1, 2)?.contiguous();
+                let (q, k, v) = op(dev, "qkv_proj", || {
+                    Ok((
+                        heads(&layer.q, nh)?,
+                        heads(&layer.k, nkv)?,
+                        heads(&layer.v, nkv)?,
+                    ))
+                })?;
+                let (q, k) = op(dev, "rope", || {
+                    Ok((
+                        candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
+                        candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
+                    ))
+                })?;
+                let a = op(dev, "attention (+capture)", || {
+                    causal_attention(&q, &k, &v, &plan)
+                })?;
+                let out = a.out.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+                (out, a.mass)
             };
-            let q = candle_nn::rotary_emb::rope(&heads(&layer.q, nh)?, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope(&heads(&layer.k, nkv)?, &cos, &sin)?;
-            let v = heads(&layer.v, nkv)?;
-            let att = causal_attention(&q, &k, &v, &plan)?;
-            if let Some(m) = att.mass {
+            if let Some(m) = m {
                 mass = Some(match mass {
                     None => m,
                     Some(acc) => (acc + m)?,
                 });
             }
-            let att = att.out.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-            x = (x + layer.o.forward(&att)?.to_dtype(DType::F32)?)?;
-            let h = self.rms_norm(&x, &layer.post_norm)?;
-            let mlp = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
-            x = (x + layer.down.forward(&mlp)?.to_dtype(DType::F32)?)?;
+            x = op(dev, "o_proj+residual", || {
+                x.clone() + layer.o.forward(&att)?.to_dtype(DType::F32)?
+            })?;
+            let h = op(dev, "rms_norm", || self.rms_norm(&x, &layer.post_norm))?;
+            let mlp = op(dev, "mlp_gate_up", || {
+                candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?
+            })?;
+            x = op(dev, "mlp_down+residual", || {
+                x.clone() + layer.down.forward(&mlp)?.to_dtype(DType::F32)?
+            })?;
         }
         // Position p predicts token p + 1: the scored tokens score_from..T come from the
         // hidden states at score_from-1..T-1. Only those rows reach the vocabulary.
@@ -240,8 +290,9 @@ impl Llama {
             let mut s = 0;
             while s < r {
                 let n = rows.min(r - s);
-                let logp =
-                    candle_nn::ops::log_softmax(&self.logits(&hb.narrow(0, s, n)?)?, D::Minus1)?;
+                let logp = op(&self.device, "logits+log_softmax", || {
+                    candle_nn::ops::log_softmax(&self.logits(&hb.narrow(0, s, n)?)?, D::Minus1)
+                })?;
                 let target = seq[score_from + s..score_from + s + n].to_vec();
                 let target = Tensor::from_vec(target, (n, 1), &self.device)?;
                 out.extend(

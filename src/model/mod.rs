@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod hub;
 pub mod llama;
+pub mod profile;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device};
@@ -102,19 +103,24 @@ fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     Tokenizer::from_file(path).map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))
 }
 
-/// Loads a model as `spec` names it.
-pub fn load(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<LoadedModel> {
+/// Where `spec` points: a GGUF file or resolved HF files.
+enum Located {
+    Gguf(std::path::PathBuf),
+    Hf(HfFiles),
+}
+
+fn locate(spec: &ModelSpec) -> Result<Located> {
     let path = Path::new(&spec.location);
-    let is_gguf = path
+    if path
         .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-    if is_gguf {
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
         if !path.is_file() {
             bail!("GGUF model file {} does not exist", path.display());
         }
-        return load_gguf(spec, path, device, dtype);
+        return Ok(Located::Gguf(path.to_path_buf()));
     }
-    let files = if path.is_dir() {
+    Ok(Located::Hf(if path.is_dir() {
         folder_files(path)?
     } else if path.exists() {
         bail!(
@@ -128,8 +134,54 @@ pub fn load(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<LoadedMod
             "model {} does not exist (expected a folder, a .gguf file, or a hub id org/name)",
             spec.location
         );
-    };
-    load_hf(spec, &files, device, dtype)
+    }))
+}
+
+/// A model's shape and tokenizer without its weights (memory planning, two-phase scoring).
+pub fn describe_model(spec: &ModelSpec) -> Result<(ModelConfig, Tokenizer)> {
+    match locate(spec)? {
+        Located::Gguf(p) => {
+            let g = gguf::GgufFile::open(&p)?;
+            let tok = match &spec.tokenizer {
+                Some(t) => load_tokenizer(t)?,
+                None => gguf_tokenizer::from_gguf(&g)?,
+            };
+            Ok((g.config()?, tok))
+        }
+        Located::Hf(files) => {
+            let cfg = ModelConfig::from_hf_file(&files.config)?;
+            let tok = spec
+                .tokenizer
+                .clone()
+                .or(files.tokenizer)
+                .ok_or_else(|| anyhow!("model {} has no tokenizer.json", spec.location))?;
+            Ok((cfg, load_tokenizer(&tok)?))
+        }
+    }
+}
+
+/// Free device memory in bytes (None on the CPU).
+#[cfg(feature = "cuda")]
+pub fn free_memory(device: &Device) -> Option<u64> {
+    if !device.is_cuda() {
+        return None;
+    }
+    candle_core::cuda::cudarc::driver::result::mem_get_info()
+        .ok()
+        .map(|(free, _)| free as u64)
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn free_memory(_: &Device) -> Option<u64> {
+    None
+}
+
+/// Loads a model as `spec` names it.
+pub fn load(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    match locate(spec)? {
+        Located::Gguf(p) => load_gguf(spec, &p, device, dtype),
+        Located::Hf(files) => load_hf(spec, &files, device, dtype),
+    }
 }
 
 fn looks_like_hub_id(s: &str) -> bool {
@@ -232,6 +284,15 @@ impl std::fmt::Display for DeviceChoice {
             Self::Cuda(n) => write!(f, "cuda:{n}"),
         }
     }
+}
+
+/// Process-wide matmul settings for a run in `dtype`: with bf16/f16 weights, the f32
+/// attention-score GEMMs may use TF32 tensor cores. Their key operand is a bf16/f16 value
+/// widened to f32, exact in TF32; the query carries the softmax scale, rounded to TF32's
+/// 11 significant bits (relative error <= 2^-11 per element, far below the bf16 weights'
+/// own rounding). With f32 weights every GEMM stays full f32.
+pub fn configure_matmul(dtype: DType) {
+    candle_core::cuda::set_gemm_reduced_precision_f32(dtype != DType::F32);
 }
 
 /// Opens the device; `auto` falls back to the CPU with a hint when CUDA is missing.

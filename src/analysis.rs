@@ -1,0 +1,215 @@
+//! Score records read back and ranked: what `select`, `report`, `inspect` and `compare`
+//! share. Reads every shard file, checks the records against the input (ids, line range),
+//! sorts out bad, skipped, missing and duplicate samples, and ranks the rest by a method.
+
+use crate::data::{parse_line, LineReader};
+use crate::record::{ScoreRecord, Status};
+use crate::report::{Counts, DuplicateId, Problem};
+use crate::selection::{rank_by, Candidate, Method, Ranked};
+use crate::settings::RankSettings;
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+/// Every record of the score files, one per input line (the first wins), and how many
+/// records were read in all.
+pub fn read_records(files: &[PathBuf]) -> Result<(BTreeMap<u64, ScoreRecord>, usize)> {
+    let mut by_line = BTreeMap::new();
+    let mut total = 0;
+    for f in files {
+        let reader = BufReader::new(
+            File::open(f).with_context(|| format!("cannot open score file {}", f.display()))?,
+        );
+        for (i, line) in reader.split(b'\n').enumerate() {
+            let line = line.with_context(|| format!("cannot read {}", f.display()))?;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let r: ScoreRecord = serde_json::from_slice(&line).with_context(|| {
+                format!(
+                    "{} line {}: not a score record (a score run still writing, or cut off? \
+                     finish it with `gateau score --resume`)",
+                    f.display(),
+                    i + 1
+                )
+            })?;
+            total += 1;
+            by_line.entry(r.line).or_insert(r);
+        }
+    }
+    Ok((by_line, total))
+}
+
+/// Byte offset and length of every input line, with ids checked against the records.
+fn index_data(path: &Path, records: &BTreeMap<u64, ScoreRecord>) -> Result<Vec<(u64, usize)>> {
+    let mut offsets = Vec::new();
+    let mut pos = 0u64;
+    for raw in LineReader::open(path)? {
+        let raw = raw?;
+        if let Some(r) = records.get(&raw.number) {
+            if let Ok(s) = parse_line(&raw) {
+                if s.id != r.id && r.status == Status::Ok {
+                    bail!(
+                        "{} line {} has id {}, but its score record has id {}: the scores \
+                         were computed on another file",
+                        path.display(),
+                        raw.number,
+                        s.id,
+                        r.id
+                    );
+                }
+            }
+        }
+        offsets.push((pos, raw.bytes.len()));
+        pos += raw.bytes.len() as u64;
+    }
+    Ok(offsets)
+}
+
+/// The scored samples of a dataset, ranked.
+pub struct Analysis {
+    pub records: BTreeMap<u64, ScoreRecord>,
+    /// Byte offset and length of every input line.
+    pub offsets: Vec<(u64, usize)>,
+    pub counts: Counts,
+    pub bad: Vec<Problem>,
+    pub skipped: Vec<Problem>,
+    pub missing: Vec<u64>,
+    pub duplicates: Vec<DuplicateId>,
+    /// The scored samples (first of each id), in line order.
+    pub candidates: Vec<Candidate>,
+    /// Those samples in score order under the chosen method.
+    pub ranked: Vec<Ranked>,
+    /// How many of `ranked` are selected.
+    pub k: usize,
+}
+
+impl Analysis {
+    pub fn record(&self, line: u64) -> &ScoreRecord {
+        &self.records[&line]
+    }
+
+    pub fn problems(&self) -> usize {
+        let c = &self.counts;
+        c.bad + c.skipped + c.missing + c.duplicate_ids
+    }
+
+    /// Score of the last selected sample.
+    pub fn cutoff(&self) -> Option<f64> {
+        self.k.checked_sub(1).map(|i| self.ranked[i].score)
+    }
+
+    /// Ranks the same candidates by another method, keeping the cut's size rule.
+    pub fn rerank(&self, s: &RankSettings, method: Method) -> Result<Vec<Ranked>> {
+        rank_by(&self.candidates, method, s.alpha, s.hmg_norm, s.cam_norm).map_err(|line| {
+            anyhow::anyhow!(
+                "--method {}: the score record of line {line} has no ppl_alone; score with \
+                 `gateau score --with-ifd` to use IFD",
+                method.name()
+            )
+        })
+    }
+
+    /// Whether every scored sample has what `method` needs.
+    pub fn supports(&self, method: Method) -> bool {
+        method != Method::Ifd || self.candidates.iter().all(|c| c.ppl_alone.is_some())
+    }
+}
+
+/// Reads, checks and ranks (`--strict` turns any bad, skipped, missing or duplicate
+/// sample into an error).
+pub fn analyse(s: &RankSettings) -> Result<Analysis> {
+    let (records, n_records) = read_records(&s.scores)?;
+    let offsets = index_data(&s.data, &records)?;
+    let n_lines = offsets.len() as u64;
+    if let Some((&line, _)) = records.range(n_lines..).next() {
+        bail!(
+            "score record for line {line}, but {} has only {n_lines} lines: the scores were \
+             computed on another file",
+            s.data.display()
+        );
+    }
+    let (mut bad, mut skipped, mut dups) = (Vec::new(), Vec::new(), Vec::new());
+    let mut first_of: HashMap<String, usize> = HashMap::new();
+    let mut candidates = Vec::new();
+    for r in records.values() {
+        let problem = || Problem {
+            line: r.line,
+            id: r.id.clone(),
+            reason: r.error.clone().unwrap_or_default(),
+        };
+        match r.status {
+            Status::Bad => bad.push(problem()),
+            Status::Skipped => skipped.push(problem()),
+            Status::Ok => match first_of.get(&r.id_key()) {
+                Some(&i) => {
+                    let d: &mut DuplicateId = &mut dups[i];
+                    d.dropped_lines.push(r.line);
+                }
+                None => {
+                    first_of.insert(r.id_key(), dups.len());
+                    dups.push(DuplicateId {
+                        id: r.id.clone(),
+                        kept_line: r.line,
+                        dropped_lines: Vec::new(),
+                    });
+                    candidates.push(candidate(r)?);
+                }
+            },
+        }
+    }
+    dups.retain(|d| !d.dropped_lines.is_empty());
+    let missing: Vec<u64> = (0..n_lines).filter(|l| !records.contains_key(l)).collect();
+    let counts = Counts {
+        lines: n_lines,
+        records: n_records,
+        scored: candidates.len(),
+        selected: 0,
+        bad: bad.len(),
+        skipped: skipped.len(),
+        missing: missing.len(),
+        duplicate_ids: dups.iter().map(|d| d.dropped_lines.len()).sum(),
+    };
+    let mut a = Analysis {
+        records,
+        offsets,
+        counts,
+        bad,
+        skipped,
+        missing,
+        duplicates: dups,
+        candidates,
+        ranked: Vec::new(),
+        k: 0,
+    };
+    if s.strict && a.problems() > 0 {
+        let c = &a.counts;
+        bail!(
+            "{} bad, {} skipped, {} missing and {} duplicate samples (--strict)",
+            c.bad,
+            c.skipped,
+            c.missing,
+            c.duplicate_ids
+        );
+    }
+    a.ranked = a.rerank(s, s.method)?;
+    a.k = s.keep.count(a.ranked.len());
+    a.counts.selected = a.k;
+    Ok(a)
+}
+
+fn candidate(r: &ScoreRecord) -> Result<Candidate> {
+    let num = |v: Option<f64>, what: &str| {
+        v.with_context(|| format!("score record of line {} has no {what}", r.line))
+    };
+    Ok(Candidate {
+        line: r.line,
+        ppl_short: num(r.ppl_short, "ppl_short")?,
+        ppl_long: num(r.ppl_long, "ppl_long")?,
+        seg_ppl: r.seg_ppl.clone().unwrap_or_default(),
+        seg_attn: r.seg_attn.clone().unwrap_or_default(),
+        ppl_alone: r.ppl_alone,
+    })
+}

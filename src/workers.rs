@@ -1,0 +1,321 @@
+//! `gateau score --devices A,B,...`: one worker thread per device, each loading its own
+//! copy of the models, pulling samples from one queue (longest first, so the last samples
+//! to finish are short ones), all records going to one output file.
+//!
+//! Exactness: a pre-pass parses and tokenizes every pending line in line order, so bad,
+//! skipped and duplicate-id samples are decided exactly as in a one-device run; workers
+//! then score the rest in any order. Records are written as they finish, each carrying its
+//! line, so `--resume` (which keeps records by line) and `--shard` are unchanged.
+
+use crate::data::{parse_line, LineReader, RawLine};
+use crate::model::{self, DeviceChoice};
+use crate::models::Models;
+use crate::progress::Progress;
+use crate::record::ScoreRecord;
+use crate::score::{
+    already_done, duplicate, open_output, prepare, report, score_one, summarize, write_record,
+    Prepared, Tally,
+};
+use crate::settings::{describe, resolve_dtype, ScoreSettings};
+use crate::template::tokenize;
+use anyhow::{anyhow, Context, Result};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Barrier};
+use std::time::Instant;
+
+/// Lines parsed and tokenized together in the pre-pass.
+const CHUNK: usize = 256;
+
+/// A sample left for the workers: where its line is, and its length for the schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Job {
+    pub line: u64,
+    pub offset: u64,
+    pub len: usize,
+    pub tokens: usize,
+}
+
+/// Longest first; equal lengths in line order.
+pub fn schedule(jobs: &mut [Job]) {
+    jobs.sort_by(|a, b| b.tokens.cmp(&a.tokens).then(a.line.cmp(&b.line)));
+}
+
+enum Msg {
+    /// A worker's models are loaded (its tokenizer and BOS for the pre-pass), or failed.
+    Loaded(Result<Box<(tokenizers::Tokenizer, Option<u32>, String)>>),
+    Done(Result<Box<(ScoreRecord, usize)>>),
+}
+
+fn read_at(f: &mut File, job: &Job) -> Result<RawLine> {
+    let mut bytes = vec![0u8; job.len];
+    f.seek(SeekFrom::Start(job.offset))?;
+    f.read_exact(&mut bytes)?;
+    Ok(RawLine {
+        number: job.line,
+        bytes,
+    })
+}
+
+/// One worker: load, report, wait for the queue, score until it is empty or the run stops.
+fn worker(
+    s: &ScoreSettings,
+    choice: &str,
+    tx: mpsc::Sender<Msg>,
+    gate: &Barrier,
+    jobs: &std::sync::OnceLock<Vec<Job>>,
+    next: &AtomicUsize,
+    stop: &AtomicBool,
+) {
+    let loaded = (|| -> Result<Models> {
+        let c: DeviceChoice = choice.parse().map_err(|e: String| anyhow!(e))?;
+        let (device, _) = model::open_device(&c)?;
+        let dtype = resolve_dtype(s.dtype, &device);
+        model::configure_matmul(dtype);
+        Models::load(s, &device, dtype, None).with_context(|| format!("worker on {choice}"))
+    })();
+    let models = match loaded {
+        Ok(m) => {
+            let l = &m.long;
+            let loaded = Box::new((l.tokenizer.clone(), l.bos, l.source.clone()));
+            let _ = tx.send(Msg::Loaded(Ok(loaded)));
+            Some(m)
+        }
+        Err(e) => {
+            let _ = tx.send(Msg::Loaded(Err(e)));
+            None
+        }
+    };
+    gate.wait();
+    let (Some(models), Some(jobs)) = (models, jobs.get()) else {
+        return;
+    };
+    let mut file = match File::open(&s.data) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = tx.send(Msg::Done(Err(anyhow!(
+                "cannot open {}: {e}",
+                s.data.display()
+            ))));
+            return;
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(job) = jobs.get(i) else { break };
+        let r = (|| -> Result<(ScoreRecord, usize)> {
+            let raw = read_at(&mut file, job)?;
+            let sample = parse_line(&raw).map_err(|e| anyhow!("{}", e.reason))?;
+            let t = tokenize(
+                &models.long.tokenizer,
+                &s.template,
+                &sample,
+                models.long.bos,
+                s.max_len,
+            )?
+            .map_err(|e| anyhow!("{e}"))?;
+            score_one(&sample, &t, &models, s)
+        })()
+        .with_context(|| format!("{} line {} (on {choice})", s.data.display(), job.line));
+        if tx.send(Msg::Done(r.map(Box::new))).is_err() {
+            break;
+        }
+    }
+}
+
+pub fn run(s: ScoreSettings) -> Result<std::process::ExitCode> {
+    if s.phases == crate::memory::Phases::Two {
+        anyhow::bail!(
+            "--phases two runs on one device; for several, run one process per device with \
+             --shard I/N (each may use two phases)"
+        );
+    }
+    if !s.quiet {
+        eprintln!("gateau score: settings {}", describe(&s));
+        eprintln!(
+            "gateau score: {} workers on {}",
+            s.devices.len(),
+            s.devices.join(", ")
+        );
+    }
+    let started = Instant::now();
+    let (mut out, existing) = open_output(&s.out, s.resume, s.overwrite)?;
+    let in_shard = |l: u64| s.shard.is_none_or(|sh| sh.contains(l));
+    let n_lines = crate::data::reader::count_lines(&s.data)?;
+    let todo = (0..n_lines)
+        .filter(|&l| in_shard(l) && !existing.lines.contains_key(&l))
+        .count() as u64;
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    for (k, l) in &existing.ids {
+        seen.entry(k.clone()).or_insert(*l);
+    }
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let gate = Barrier::new(s.devices.len() + 1);
+    let jobs = std::sync::OnceLock::new();
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let mut tally = Tally::default();
+    tally.kept_problems = existing.problems;
+    let result = std::thread::scope(|scope| -> Result<Progress> {
+        for choice in &s.devices {
+            let tx = tx.clone();
+            let (s, gate, jobs, next, stop) = (&s, &gate, &jobs, &next, &stop);
+            scope.spawn(move || worker(s, choice, tx, gate, jobs, next, stop));
+        }
+        drop(tx);
+        // Every worker reports once, loaded or not; the gate opens only after the queue is
+        // built (or the run is given up), so no worker waits forever.
+        let mut first = None;
+        let mut failed = None;
+        for _ in 0..s.devices.len() {
+            match rx.recv() {
+                Ok(Msg::Loaded(Ok(t))) => {
+                    first.get_or_insert(t);
+                }
+                Ok(Msg::Loaded(Err(e))) => {
+                    failed.get_or_insert(e);
+                }
+                _ => {
+                    failed.get_or_insert(anyhow!("a worker stopped before loading its models"));
+                }
+            }
+        }
+        let mut progress = Progress::new(todo, s.quiet);
+        let built = match (failed, first) {
+            (Some(e), _) => Err(e),
+            (None, None) => Err(anyhow!("no worker loaded its models")),
+            (None, Some(loaded)) => {
+                let (tok, bos, source) = *loaded;
+                if !s.quiet {
+                    eprintln!(
+                        "gateau score: long model {source}; models loaded in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                let lm = (&tok, bos);
+                pre_pass(
+                    &s,
+                    lm,
+                    &existing,
+                    &mut seen,
+                    &mut out,
+                    &mut tally,
+                    &mut progress,
+                )
+            }
+        };
+        let queue = match built {
+            Ok(q) => q,
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                gate.wait();
+                return Err(e);
+            }
+        };
+        let _ = jobs.set(queue);
+        gate.wait();
+        for msg in rx {
+            let Msg::Done(r) = msg else { continue };
+            let step = r.and_then(|done| {
+                let (record, tokens) = *done;
+                write_record(&mut out, &record, &s.out)?;
+                report(&record, &mut tally, &progress, &s)?;
+                tally.tokens += tokens as u64;
+                progress.advance(tokens as u64);
+                Ok(())
+            });
+            if let Err(e) = step {
+                stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(progress)
+    });
+    let progress = result?;
+    Ok(summarize(&tally, &progress, started, &s))
+}
+
+/// Parses and tokenizes every pending line in line order: failures and duplicates are
+/// written at once, the rest become jobs, longest first.
+fn pre_pass(
+    s: &ScoreSettings,
+    lm: (&tokenizers::Tokenizer, Option<u32>),
+    existing: &crate::score::Existing,
+    seen: &mut HashMap<String, u64>,
+    out: &mut File,
+    tally: &mut Tally,
+    progress: &mut Progress,
+) -> Result<Vec<Job>> {
+    let mut jobs = Vec::new();
+    let mut reader = LineReader::open(&s.data)?;
+    let mut offset = 0u64;
+    loop {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for raw in reader.by_ref() {
+            let raw = raw?;
+            let at = offset;
+            offset += raw.bytes.len() as u64;
+            if !s.shard.is_none_or(|sh| sh.contains(raw.number)) || already_done(&raw, existing, s)?
+            {
+                continue;
+            }
+            chunk.push((at, raw));
+            if chunk.len() == CHUNK {
+                break;
+            }
+        }
+        if chunk.is_empty() {
+            break;
+        }
+        let prepared: Vec<Prepared> = chunk
+            .par_iter()
+            .map(|(_, raw)| prepare(raw, lm.0, lm.1, s))
+            .collect::<Result<_>>()?;
+        for ((at, raw), p) in chunk.iter().zip(prepared) {
+            let record = match p {
+                Prepared::Failed(r) => r,
+                Prepared::Ready(sample, t) => match duplicate(&sample, seen) {
+                    Some(r) => r,
+                    None => {
+                        jobs.push(Job {
+                            line: raw.number,
+                            offset: *at,
+                            len: raw.bytes.len(),
+                            tokens: t.len(),
+                        });
+                        continue;
+                    }
+                },
+            };
+            write_record(out, &record, &s.out)?;
+            report(&record, tally, progress, s)?;
+            progress.advance(0);
+        }
+    }
+    if jobs.is_empty() && !s.quiet {
+        eprintln!("gateau score: nothing left for the workers");
+    }
+    schedule(&mut jobs);
+    Ok(jobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_first_then_line_order() {
+        let j = |line, tokens| Job {
+            line,
+            offset: 0,
+            len: 0,
+            tokens,
+        };
+        let mut v = vec![j(0, 5), j(1, 9), j(2, 5), j(3, 7)];
+        schedule(&mut v);
+        assert_eq!(v.iter().map(|x| x.line).collect::<Vec<_>>(), [1, 3, 0, 2]);
+    }
+}
