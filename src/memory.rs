@@ -28,6 +28,11 @@ pub enum Phases {
     Two,
 }
 
+/// The f32 copy of the output head a forward pass makes (see `Llama::head32`).
+pub fn head_bytes(cfg: &ModelConfig) -> u64 {
+    (cfg.vocab_size * cfg.hidden_size * 4) as u64
+}
+
 /// Default `--max-batch-tokens`: half of what the free memory (after the models) holds at
 /// `activation_bytes_per_token`, in [1024, 65536] and a multiple of 1024; the CPU default
 /// without a device figure.
@@ -35,7 +40,7 @@ pub fn default_batch_tokens(cfg: &ModelConfig, width: u64, free: Option<u64>) ->
     let Some(free) = free else {
         return CPU_BATCH_TOKENS;
     };
-    let usable = free.saturating_sub(ATTENTION_WORKSPACE + MARGIN) / 2;
+    let usable = free.saturating_sub(ATTENTION_WORKSPACE + MARGIN + head_bytes(cfg)) / 2;
     let tokens = (usable / cfg.activation_bytes_per_token(width).max(1)) as usize;
     (tokens.clamp(1024, MAX_BATCH_TOKENS) / 1024) * 1024
 }
@@ -54,7 +59,8 @@ pub fn needed(models: &[&ModelConfig], width: u64, max_len: usize) -> u64 {
         .map(|c| c.activation_bytes_per_token(width))
         .max()
         .unwrap_or(0);
-    weights + act * max_len as u64 + ATTENTION_WORKSPACE + MARGIN
+    let head = models.iter().map(|c| head_bytes(c)).max().unwrap_or(0);
+    weights + act * max_len as u64 + head + ATTENTION_WORKSPACE + MARGIN
 }
 
 pub fn gb(bytes: u64) -> String {
@@ -89,7 +95,9 @@ mod tests {
         // 40 GB free: (40 - 4.1) / 2 GB over 115,712 bytes a token, capped at 64k.
         let per = c.activation_bytes_per_token(2);
         assert_eq!(per, 8 * 4096 + 2 * (4096 + 3 * 4096 + 3 * 11008));
-        let want = (((40 * GIB - ATTENTION_WORKSPACE - MARGIN) / 2 / per) as usize / 1024) * 1024;
+        let head = 32000 * 4096 * 4;
+        let want =
+            (((40 * GIB - ATTENTION_WORKSPACE - MARGIN - head) / 2 / per) as usize / 1024) * 1024;
         assert_eq!(
             default_batch_tokens(&c, 2, Some(40 * GIB)),
             want.min(MAX_BATCH_TOKENS)

@@ -261,14 +261,23 @@ impl Llama {
             })?;
         }
         // Position p predicts token p + 1: the scored tokens score_from..T come from the
-        // hidden states at score_from-1..T-1. Only those rows reach the vocabulary.
-        let hidden = self.rms_norm(&x.narrow(1, score_from - 1, t - score_from)?, &self.norm)?;
+        // hidden states at score_from-1..T-1. Only those rows reach the vocabulary, and they
+        // stay f32 (see `logits`).
+        let rows = x.narrow(1, score_from - 1, t - score_from)?.contiguous()?;
+        let hidden = candle_nn::ops::rms_norm(&rows, &self.norm, c.rms_norm_eps as f32)?;
         Ok((hidden, mass))
     }
 
-    /// f32 logits of `rows` hidden states `[n, D]`.
-    fn logits(&self, rows: &Tensor) -> candle_core::Result<Tensor> {
-        rows.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
+    /// The head in f32, for one forward pass: a bf16 product would round every logit to
+    /// 8 significant bits (0.06 at a logit of 16, straight into the NLL). Only the scored
+    /// rows meet it; widening bf16 to f32 is exact, so TF32 GEMMs lose nothing on it.
+    fn head32(&self) -> candle_core::Result<Tensor> {
+        self.lm_head.to_dtype(DType::F32)
+    }
+
+    /// f32 logits of `rows` f32 hidden states `[n, D]`.
+    fn logits(&self, rows: &Tensor, head32: &Tensor) -> candle_core::Result<Tensor> {
+        rows.matmul(&head32.t()?)
     }
 
     /// Runs `tokens` (`B` sequences of equal length `T`) and scores positions
@@ -283,6 +292,7 @@ impl Llama {
         let c = &self.cfg;
         let r = hidden.dim(1)?;
         let rows = (LOGIT_BUDGET / c.vocab_size).max(1);
+        let head32 = self.head32()?;
         let mut nll = Vec::with_capacity(tokens.len());
         for (bi, seq) in tokens.iter().enumerate() {
             let hb = hidden.get(bi)?;
@@ -291,7 +301,8 @@ impl Llama {
             while s < r {
                 let n = rows.min(r - s);
                 let logp = op(&self.device, "logits+log_softmax", || {
-                    candle_nn::ops::log_softmax(&self.logits(&hb.narrow(0, s, n)?)?, D::Minus1)
+                    let logits = self.logits(&hb.narrow(0, s, n)?, &head32)?;
+                    candle_nn::ops::log_softmax(&logits, D::Minus1)
                 })?;
                 let target = seq[score_from + s..score_from + s + n].to_vec();
                 let target = Tensor::from_vec(target, (n, 1), &self.device)?;
@@ -320,6 +331,8 @@ impl Llama {
     pub fn scored_logits(&self, tokens: &[u32], score_from: usize) -> Result<Vec<Vec<f32>>> {
         let seq = [tokens.to_vec()];
         let (hidden, _) = self.trunk(&seq, score_from, false)?;
-        Ok(self.logits(&hidden.get(0)?)?.to_vec2::<f32>()?)
+        Ok(self
+            .logits(&hidden.get(0)?, &self.head32()?)?
+            .to_vec2::<f32>()?)
     }
 }

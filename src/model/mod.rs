@@ -286,11 +286,11 @@ impl std::fmt::Display for DeviceChoice {
     }
 }
 
-/// Process-wide matmul settings for a run in `dtype`: with bf16/f16 weights, the f32
-/// attention-score GEMMs may use TF32 tensor cores. Their key operand is a bf16/f16 value
-/// widened to f32, exact in TF32; the query carries the softmax scale, rounded to TF32's
-/// 11 significant bits (relative error <= 2^-11 per element, far below the bf16 weights'
-/// own rounding). With f32 weights every GEMM stays full f32.
+/// Process-wide matmul settings for a run in `dtype`: with bf16/f16 weights, the f32 GEMMs
+/// (attention scores, the output head) may use TF32 tensor cores. One operand of each is a
+/// bf16/f16 value widened to f32 (keys, head weights), exact in TF32; the other (scaled
+/// queries, final-normed hidden states) is rounded to TF32's 11 significant bits, still
+/// finer than the bf16 it would otherwise be. With f32 weights every GEMM stays full f32.
 pub fn configure_matmul(dtype: DType) {
     candle_core::cuda::set_gemm_reduced_precision_f32(dtype != DType::F32);
 }
