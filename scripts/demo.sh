@@ -13,7 +13,10 @@ data=examples/longalign-mini.jsonl
 ./target/release/gateau score --config configs/smollm2.json --long-model "$model" \
   --data "$data" --out "$out/scores.jsonl" --overwrite
 ./target/release/gateau select --config configs/smollm2.json --data "$data" \
-  --scores "$out/scores.jsonl" --out "$out/selected.jsonl" --report "$out/report.json"
+  --scores "$out/scores.jsonl" --out "$out/selected.jsonl" --report "$out/report.json" \
+  --report-dir "$out/report"
+./target/release/gateau compare --config configs/smollm2.json --data "$data" \
+  --scores "$out/scores.jsonl" --quiet
 echo
 echo "demo: selected samples by kind (deep = the answer is only in the long context):"
 python3 - "$out/selected.jsonl" <<'PY'
@@ -21,4 +24,6 @@ import collections, json, sys
 kinds = collections.Counter(json.loads(l)["kind"] for l in open(sys.argv[1]))
 print("  " + ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())))
 PY
-echo "demo: scores in $out/scores.jsonl, selection in $out/selected.jsonl, report in $out/report.json"
+echo "demo: scores in $out/scores.jsonl, selection in $out/selected.jsonl, report in $out/report.json,"
+echo "      plots and summary in $out/report/ (gateau inspect --config configs/smollm2.json"
+echo "      --data $data --scores $out/scores.jsonl --id ID shows one sample)"

@@ -82,7 +82,10 @@ pub fn histogram(path: &Path, h: &Histogram, cut: Option<f64>, what: &str) -> Re
     };
     let top = h.counts.iter().copied().max().unwrap_or(0).max(1) as f64 * 1.1;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{what}: distribution and cut"), ("sans-serif", 26))
+        .caption(
+            format!("{what}: distribution, cut (red), selected (orange)"),
+            ("sans-serif", 26),
+        )
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(60)
@@ -207,7 +210,7 @@ pub fn draw_all(dir: &Path, pts: &[Point], s: &Summary) -> Result<Vec<PlotFile>>
         .collect();
     scatter(
         &dir.join(name),
-        "HMP against CAS",
+        "HMP against CAS (orange: selected)",
         ("HMP", "CAS"),
         &v,
         false,
@@ -222,7 +225,7 @@ pub fn draw_all(dir: &Path, pts: &[Point], s: &Summary) -> Result<Vec<PlotFile>>
         .collect();
     scatter(
         &dir.join(name),
-        "response perplexity, short vs long model",
+        "response perplexity, short vs long model (orange: selected)",
         ("ppl_short (log)", "ppl_long (log)"),
         &v,
         true,
@@ -236,7 +239,7 @@ pub fn draw_all(dir: &Path, pts: &[Point], s: &Summary) -> Result<Vec<PlotFile>>
         .collect();
     scatter(
         &dir.join(name),
-        "score against sample length",
+        "score against sample length (orange: selected)",
         ("tokens", "score"),
         &v,
         false,
