@@ -129,7 +129,53 @@ pub fn histogram(path: &Path, h: &Histogram, cut: Option<f64>, what: &str) -> Re
     Ok(())
 }
 
-/// Rejected points first, selected ones drawn over them.
+/// Rejected points, or selected ones (drawn second, over the others).
+fn dots(pts: &[(f64, f64, bool)], selected: bool) -> Vec<Circle<(f64, f64), i32>> {
+    let c = if selected { SELECTED } else { REJECTED };
+    pts.iter()
+        .filter(|p| p.2 == selected)
+        .map(|p| Circle::new((p.0, p.1), 4, c.filled()))
+        .collect()
+}
+
+/// One scatter chart over the given axis ranges (linear or log: their types differ, so a
+/// macro instead of a function).
+macro_rules! scatter_chart {
+    ($root:expr, $e:expr, $title:expr, $xd:expr, $yd:expr, $xr:expr, $yr:expr, $pts:expr) => {{
+        let mut chart = ChartBuilder::on($root)
+            .caption($title, ("sans-serif", 26))
+            .margin(20)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d($xr, $yr)
+            .map_err($e)?;
+        chart
+            .configure_mesh()
+            .axis_desc_style(("sans-serif", 18))
+            .label_style(("sans-serif", 14))
+            .x_desc($xd)
+            .y_desc($yd)
+            .draw()
+            .map_err($e)?;
+        for selected in [false, true] {
+            chart.draw_series(dots($pts, selected)).map_err($e)?;
+        }
+    }};
+}
+
+/// A log range around positive values, a tenth wider on each side.
+fn log_span(v: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = v
+        .filter(|x| x.is_finite() && *x > 0.0)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+    if lo > hi {
+        return (0.1, 10.0);
+    }
+    (lo / 1.1, hi * 1.1)
+}
+
 fn scatter(
     path: &Path,
     title: &str,
@@ -139,55 +185,15 @@ fn scatter(
 ) -> Result<()> {
     let root = canvas(path)?;
     let e = err(path);
-    let (x0, x1) = span(pts.iter().map(|p| p.0));
-    let (y0, y1) = span(pts.iter().map(|p| p.1));
-    let draw = |selected: bool| -> Vec<Circle<(f64, f64), i32>> {
-        pts.iter()
-            .filter(|p| p.2 == selected)
-            .map(|p| {
-                let c = if selected { SELECTED } else { REJECTED };
-                Circle::new((p.0, p.1), 4, c.filled())
-            })
-            .collect()
-    };
     if log {
-        let pos = |v: f64, lo: f64| if lo > 0.0 { lo } else { v.max(1e-9) };
-        let (x0, y0) = (pos(x0 * 0.9, x0), pos(y0 * 0.9, y0));
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 26))
-            .margin(20)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d((x0..x1 * 1.1).log_scale(), (y0..y1 * 1.1).log_scale())
-            .map_err(&e)?;
-        chart
-            .configure_mesh()
-            .axis_desc_style(("sans-serif", 18))
-            .label_style(("sans-serif", 14))
-            .x_desc(xd)
-            .y_desc(yd)
-            .draw()
-            .map_err(&e)?;
-        chart.draw_series(draw(false)).map_err(&e)?;
-        chart.draw_series(draw(true)).map_err(&e)?;
+        let (x0, x1) = log_span(pts.iter().map(|p| p.0));
+        let (y0, y1) = log_span(pts.iter().map(|p| p.1));
+        let (xr, yr) = ((x0..x1).log_scale(), (y0..y1).log_scale());
+        scatter_chart!(&root, &e, title, xd, yd, xr, yr, pts);
     } else {
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 26))
-            .margin(20)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(&e)?;
-        chart
-            .configure_mesh()
-            .axis_desc_style(("sans-serif", 18))
-            .label_style(("sans-serif", 14))
-            .x_desc(xd)
-            .y_desc(yd)
-            .draw()
-            .map_err(&e)?;
-        chart.draw_series(draw(false)).map_err(&e)?;
-        chart.draw_series(draw(true)).map_err(&e)?;
+        let (x0, x1) = span(pts.iter().map(|p| p.0));
+        let (y0, y1) = span(pts.iter().map(|p| p.1));
+        scatter_chart!(&root, &e, title, xd, yd, x0..x1, y0..y1, pts);
     }
     root.present().map_err(&e)?;
     Ok(())

@@ -89,6 +89,23 @@ pub struct Counts {
     pub duplicate_ids: usize,
 }
 
+impl Counts {
+    /// "kept K of N scored samples (L input lines: B bad, ...)".
+    pub fn sentence(&self) -> String {
+        format!(
+            "kept {} of {} scored samples ({} input lines: {} bad, {} skipped, {} missing, {} \
+             duplicate ids)",
+            self.selected,
+            self.scored,
+            self.lines,
+            self.bad,
+            self.skipped,
+            self.missing,
+            self.duplicate_ids
+        )
+    }
+}
+
 /// How much each term of Eq. 6 moves the score, and how flat the CAM distributions are.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Diagnostics {

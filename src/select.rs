@@ -190,18 +190,7 @@ fn diagnose(s: &RankSettings, a: &Analysis) -> Diagnostics {
 
 fn human_summary(r: &Report, s: &SelectSettings) -> String {
     let c = &r.counts;
-    let mut out = format!(
-        "gateau select: kept {} of {} scored samples ({} lines; {} bad, {} skipped, {} missing, \
-         {} duplicate ids) -> {}\n",
-        c.selected,
-        c.scored,
-        c.lines,
-        c.bad,
-        c.skipped,
-        c.missing,
-        c.duplicate_ids,
-        s.out.display()
-    );
+    let mut out = format!("gateau select: {} -> {}\n", c.sentence(), s.out.display());
     if let Some(cut) = r.cutoff_score {
         out += &format!(
             "  cut-off score {cut:.6} (method {}, alpha {}, hmg {:?}, cam {:?})\n",

@@ -220,17 +220,10 @@ fn opt(v: Option<f64>) -> String {
 pub fn markdown(s: &Summary, method: &str) -> String {
     let c = &s.counts;
     let mut md = format!(
-        "# gateau selection report\n\nMethod **{method}**; kept **{}** of {} scored samples \
-         ({} input lines: {} bad, {} skipped, {} missing, {} duplicate ids).\n\n\
+        "# gateau selection report\n\nMethod **{method}**: {}.\n\n\
          Cut-off score: {}\n\n## Score components\n\n\
          | | n | min | p25 | median | p75 | max | mean | std |\n|---|---|---|---|---|---|---|---|---|\n",
-        c.selected,
-        c.scored,
-        c.lines,
-        c.bad,
-        c.skipped,
-        c.missing,
-        c.duplicate_ids,
+        c.sentence(),
         s.cutoff_score.map_or("none".into(), |v| format!("{v:.6}"))
     );
     let row = |name: &str, t: &Stats| {

@@ -301,23 +301,22 @@ fn by_line(recs: Vec<ScoreRecord>) -> std::collections::BTreeMap<u64, ScoreRecor
     m
 }
 
+/// `src`'s first three records and half of the fourth, as after a kill mid-write.
+fn cut_mid_record(src: &Path, dst: &Path) {
+    let text = std::fs::read_to_string(src).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let half = &lines[3][..lines[3].len() / 2];
+    let cut = format!("{}\n{}\n{}\n{half}", lines[0], lines[1], lines[2]);
+    std::fs::write(dst, cut).unwrap();
+}
+
 #[test]
 fn resume_after_a_cut_equals_an_uninterrupted_run() {
     let f = Fixture::new(6);
     let full = f.path("full.jsonl");
     assert!(score(&f.args(&full)).status.success());
-    let text = std::fs::read_to_string(&full).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    // Three whole records and half of the fourth, as after a kill mid-write.
-    let cut = format!(
-        "{}\n{}\n{}\n{}",
-        lines[0],
-        lines[1],
-        lines[2],
-        &lines[3][..lines[3].len() / 2]
-    );
     let part = f.path("part.jsonl");
-    std::fs::write(&part, cut).unwrap();
+    cut_mid_record(&full, &part);
     // Without --resume the file is protected.
     let o = score(&f.args(&part));
     assert_eq!(o.status.code(), Some(1));
@@ -492,18 +491,9 @@ fn cpu_workers_equal_one_device_longest_first_and_resumable() {
     let mut sorted = scored.clone();
     sorted.sort_unstable_by(|a, b| b.cmp(a));
     assert!(scored[0] >= sorted[1], "not longest first: {scored:?}");
-    // Cut after three records and half a fourth; resume with the workers.
-    let text = std::fs::read_to_string(&two).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    let cut = format!(
-        "{}\n{}\n{}\n{}",
-        lines[0],
-        lines[1],
-        lines[2],
-        &lines[3][..lines[3].len() / 2]
-    );
+    // Cut mid-record; resume with the workers.
     let part = f.path("part.jsonl");
-    std::fs::write(&part, cut).unwrap();
+    cut_mid_record(&two, &part);
     let mut args = with_workers(f.args(&part));
     args.push("--resume".into());
     assert_eq!(score(&args).status.code(), Some(2));
