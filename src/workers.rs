@@ -60,6 +60,16 @@ fn read_at(f: &mut File, job: &Job) -> Result<RawLine> {
     })
 }
 
+/// Runs `f`, turning a panic into an error: a worker that died silently would leave the
+/// main thread waiting, or a sample unscored.
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(anyhow!(
+            "the worker panicked (a bug in gateau; please report it)"
+        ))
+    })
+}
+
 /// One worker: load, report, wait for the queue, score until it is empty or the run stops.
 fn worker(
     s: &ScoreSettings,
@@ -70,13 +80,13 @@ fn worker(
     next: &AtomicUsize,
     stop: &AtomicBool,
 ) {
-    let loaded = (|| -> Result<Models> {
+    let loaded = guarded(|| {
         let c: DeviceChoice = choice.parse().map_err(|e: String| anyhow!(e))?;
         let (device, _) = model::open_device(&c)?;
         let dtype = resolve_dtype(s.dtype, &device);
         model::configure_matmul(dtype);
         Models::load(s, &device, dtype, None).with_context(|| format!("worker on {choice}"))
-    })();
+    });
     let models = match loaded {
         Ok(m) => {
             let l = &m.long;
@@ -106,7 +116,7 @@ fn worker(
     while !stop.load(Ordering::Relaxed) {
         let i = next.fetch_add(1, Ordering::Relaxed);
         let Some(job) = jobs.get(i) else { break };
-        let r = (|| -> Result<(ScoreRecord, usize)> {
+        let r = guarded(|| {
             let raw = read_at(&mut file, job)?;
             let sample = parse_line(&raw).map_err(|e| anyhow!("{}", e.reason))?;
             let t = tokenize(
@@ -118,7 +128,7 @@ fn worker(
             )?
             .map_err(|e| anyhow!("{e}"))?;
             score_one(&sample, &t, &models, s)
-        })()
+        })
         .with_context(|| format!("{} line {} (on {choice})", s.data.display(), job.line));
         if tx.send(Msg::Done(r.map(Box::new))).is_err() {
             break;
@@ -215,9 +225,12 @@ pub fn run(s: ScoreSettings) -> Result<std::process::ExitCode> {
                 return Err(e);
             }
         };
+        let expected = queue.len();
         let _ = jobs.set(queue);
         gate.wait();
+        let mut received = 0;
         for msg in rx {
+            received += 1;
             let Msg::Done(r) = msg else { continue };
             let step = r.and_then(|done| {
                 let (record, tokens) = *done;
@@ -231,6 +244,13 @@ pub fn run(s: ScoreSettings) -> Result<std::process::ExitCode> {
                 stop.store(true, Ordering::Relaxed);
                 return Err(e);
             }
+        }
+        if received != expected {
+            anyhow::bail!(
+                "{} of {expected} samples got no record (a worker stopped); run again with \
+                 --resume to score them",
+                expected - received
+            );
         }
         Ok(progress)
     });
