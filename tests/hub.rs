@@ -30,6 +30,8 @@ fn hub_id_from_the_offline_cache_equals_the_folder() {
     assert_eq!(a, b);
 
     args[at + 1] = "acme/absent".into();
+    let out_at = args.iter().position(|a| a == "--out").unwrap();
+    args[out_at + 1] = p(&f.path("absent.jsonl")).to_string();
     let o = gateau().args(&args).env("HF_HOME", &home).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
