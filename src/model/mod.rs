@@ -287,7 +287,8 @@ impl std::fmt::Display for DeviceChoice {
 }
 
 /// Process-wide matmul settings for a run in `dtype`: with bf16/f16 weights, the f32 GEMMs
-/// (attention scores, the output head) may use TF32 tensor cores. One operand of each is a
+/// (attention scores, the output head, the captured rows' column sums) may use TF32 tensor
+/// cores. One operand of each is a
 /// bf16/f16 value widened to f32 (keys, head weights), exact in TF32; the other (scaled
 /// queries, final-normed hidden states) is rounded to TF32's 11 significant bits, still
 /// finer than the bf16 it would otherwise be. With f32 weights every GEMM stays full f32.
