@@ -4,7 +4,7 @@
 
 use crate::data::{parse_line, LineReader};
 use crate::record::{ScoreRecord, Status};
-use crate::report::{Counts, DuplicateId, Problem};
+use crate::report::{Counts, DuplicateId, Problem, SampleRow};
 use crate::selection::{rank_by, Candidate, Method, Ranked};
 use crate::settings::RankSettings;
 use anyhow::{bail, Context, Result};
@@ -110,6 +110,28 @@ impl Analysis {
                 method.name()
             )
         })
+    }
+
+    /// Every scored sample in score order, with its parts and whether it is selected.
+    pub fn rows(&self) -> Vec<SampleRow> {
+        self.ranked
+            .iter()
+            .map(|r| {
+                let rec = self.record(r.line);
+                SampleRow {
+                    rank: r.rank,
+                    line: r.line,
+                    id: rec.id.clone(),
+                    selected: r.rank < self.k,
+                    score: r.score,
+                    hmp: r.hmp,
+                    cas: r.cas,
+                    ppl_short: rec.ppl_short.unwrap_or(f64::NAN),
+                    ppl_long: rec.ppl_long.unwrap_or(f64::NAN),
+                    n_tokens: rec.n_tokens,
+                }
+            })
+            .collect()
     }
 
     /// Whether every scored sample has what `method` needs.

@@ -2,7 +2,8 @@
 //! compiled in, so nothing is read from the system. Each plot draws numbers the summary
 //! (or the inspected record) holds.
 
-use crate::summary::{Histogram, PlotFile, Point, Summary};
+use crate::report::SampleRow;
+use crate::summary::{Histogram, PlotFile, Summary};
 use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -200,7 +201,7 @@ fn scatter(
 }
 
 /// The four report plots; returns what each drew.
-pub fn draw_all(dir: &Path, pts: &[Point], s: &Summary) -> Result<Vec<PlotFile>> {
+pub fn draw_all(dir: &Path, pts: &[SampleRow], s: &Summary) -> Result<Vec<PlotFile>> {
     let mut out = Vec::new();
     let sel = |v: &[(f64, f64, bool)]| v.iter().filter(|p| p.2).count();
 

@@ -3,7 +3,7 @@
 
 use crate::analysis::{analyse, Analysis};
 use crate::normalize::cam_norm;
-use crate::report::{Diagnostics, Report, SampleRow, Stats};
+use crate::report::{Diagnostics, Report, Stats};
 use crate::selection::{Candidate, Ranked};
 use crate::settings::{describe, RankSettings, SelectSettings};
 use anyhow::{Context, Result};
@@ -63,25 +63,7 @@ fn build_report(s: &SelectSettings, a: &Analysis) -> Result<Report> {
         skipped: a.skipped.clone(),
         missing_lines: a.missing.clone(),
         duplicate_ids: a.duplicates.clone(),
-        samples: a
-            .ranked
-            .iter()
-            .map(|r| {
-                let rec = a.record(r.line);
-                SampleRow {
-                    rank: r.rank,
-                    line: r.line,
-                    id: rec.id.clone(),
-                    selected: r.rank < a.k,
-                    score: r.score,
-                    hmp: r.hmp,
-                    cas: r.cas,
-                    ppl_short: rec.ppl_short.unwrap_or(f64::NAN),
-                    ppl_long: rec.ppl_long.unwrap_or(f64::NAN),
-                    n_tokens: rec.n_tokens,
-                }
-            })
-            .collect(),
+        samples: a.rows(),
     })
 }
 

@@ -129,38 +129,12 @@ pub struct Summary {
     pub plots: Vec<PlotFile>,
 }
 
-/// One scored sample as the plots see it.
-#[derive(Debug, Clone)]
-pub struct Point {
-    pub score: f64,
-    pub hmp: f64,
-    pub cas: Option<f64>,
-    pub ppl_short: f64,
-    pub ppl_long: f64,
-    pub n_tokens: Option<usize>,
-    pub selected: bool,
-}
-
-pub fn points(a: &Analysis) -> Vec<Point> {
-    a.ranked
-        .iter()
-        .map(|r| {
-            let rec = a.record(r.line);
-            Point {
-                score: r.score,
-                hmp: r.hmp,
-                cas: r.cas,
-                ppl_short: rec.ppl_short.unwrap_or(f64::NAN),
-                ppl_long: rec.ppl_long.unwrap_or(f64::NAN),
-                n_tokens: rec.n_tokens,
-                selected: r.rank < a.k,
-            }
-        })
-        .collect()
-}
-
-pub fn summarize(s: &RankSettings, a: &Analysis, bins: usize) -> Result<Summary> {
-    let pts = points(a);
+pub fn summarize(
+    s: &RankSettings,
+    a: &Analysis,
+    pts: &[crate::report::SampleRow],
+    bins: usize,
+) -> Result<Summary> {
     let (hx, hy): (Vec<f64>, Vec<f64>) =
         pts.iter().filter_map(|p| p.cas.map(|c| (p.hmp, c))).unzip();
     let hmp_cas = Correlation {
@@ -280,8 +254,9 @@ pub fn markdown(s: &Summary, method: &str) -> String {
 pub fn write_dir(s: &RankSettings, a: &Analysis, dir: &Path, bins: usize) -> Result<Summary> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create report folder {}", dir.display()))?;
-    let mut summary = summarize(s, a, bins)?;
-    summary.plots = crate::plots::draw_all(dir, &points(a), &summary)?;
+    let rows = a.rows();
+    let mut summary = summarize(s, a, &rows, bins)?;
+    summary.plots = crate::plots::draw_all(dir, &rows, &summary)?;
     let json = dir.join("summary.json");
     std::fs::write(&json, serde_json::to_string_pretty(&summary)? + "\n")
         .with_context(|| format!("cannot write {}", json.display()))?;
