@@ -283,26 +283,26 @@ pub fn segments(path: &Path, title: &str, is: &[f64], att: &[f64]) -> Result<()>
         .y_desc("share")
         .draw()
         .map_err(&e)?;
-    chart
-        .draw_series(is.iter().enumerate().map(|(i, &v)| {
-            Rectangle::new(
-                [(i as f64 + 0.05, 0.0), (i as f64 + 0.5, v)],
-                REJECTED.filled(),
-            )
-        }))
-        .map_err(&e)?
-        .label("IS (segment importance; high = less important)")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], REJECTED.filled()));
-    chart
-        .draw_series(att.iter().enumerate().map(|(i, &v)| {
-            Rectangle::new(
-                [(i as f64 + 0.5, 0.0), (i as f64 + 0.95, v)],
-                SELECTED.filled(),
-            )
-        }))
-        .map_err(&e)?
-        .label("ATT (attention share)")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], SELECTED.filled()));
+    // Two bars per segment: IS on the left half, ATT on the right.
+    let series = [
+        (
+            is,
+            0.05,
+            REJECTED,
+            "IS (segment importance; high = less important)",
+        ),
+        (att, 0.5, SELECTED, "ATT (attention share)"),
+    ];
+    for (values, left, color, label) in series {
+        chart
+            .draw_series(values.iter().enumerate().map(|(i, &v)| {
+                let x = i as f64 + left;
+                Rectangle::new([(x, 0.0), (x + 0.45, v)], color.filled())
+            }))
+            .map_err(&e)?
+            .label(label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))

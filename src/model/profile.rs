@@ -16,7 +16,7 @@ static PEAK: AtomicU64 = AtomicU64::new(0);
 static TABLE: Mutex<BTreeMap<&'static str, (f64, u64)>> = Mutex::new(BTreeMap::new());
 
 /// Per-op totals of one profiled run.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Profile {
     /// (op, seconds, calls), slowest first.
     pub ops: Vec<(String, f64, u64)>,
