@@ -6,6 +6,7 @@
 
 use super::attention::{capture_mass, causal_attention, fused_available, fused_causal, Plan};
 use super::config::ModelConfig;
+use super::fused;
 use super::profile::op;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
@@ -143,8 +144,7 @@ impl Llama {
 
     /// RMSNorm of the f32 residual stream, returned in the compute dtype (matmul input).
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::rms_norm(&x.contiguous()?, w, self.cfg.rms_norm_eps as f32)?
-            .to_dtype(self.dtype)
+        fused::rms_norm_to(x, w, self.cfg.rms_norm_eps as f32, self.dtype)
     }
 
     fn check(&self, tokens: &[Vec<u32>], score_from: usize) -> Result<(usize, usize)> {
@@ -187,7 +187,9 @@ impl Llama {
         let ids = Tensor::from_vec(flat, b * t, &self.device)?;
         // The residual stream stays f32 whatever the compute dtype: in bf16 each of the
         // 2 x layers additions would round it again (measured on SmolLM2: 2.9% ppl drift).
-        let mut x = self
+        // Updated in place by `fused::add_into`; its storage is the gathered rows' own (fresh,
+        // held by nothing else), so no weight or cached tensor can change under it.
+        let x = self
             .embed
             .index_select(&ids, 0)?
             .reshape((b, t, c.hidden_size))?
@@ -249,15 +251,15 @@ impl Llama {
                     Some(acc) => (acc + m)?,
                 });
             }
-            x = op(dev, "o_proj+residual", || {
-                x.clone() + layer.o.forward(&att)?.to_dtype(DType::F32)?
+            op(dev, "o_proj+residual", || {
+                fused::add_into(&x, &layer.o.forward(&att)?)
             })?;
             let h = op(dev, "rms_norm", || self.rms_norm(&x, &layer.post_norm))?;
             let mlp = op(dev, "mlp_gate_up", || {
-                candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?
+                fused::silu_mul(&layer.gate.forward(&h)?, &layer.up.forward(&h)?)
             })?;
-            x = op(dev, "mlp_down+residual", || {
-                x.clone() + layer.down.forward(&mlp)?.to_dtype(DType::F32)?
+            op(dev, "mlp_down+residual", || {
+                fused::add_into(&x, &layer.down.forward(&mlp)?)
             })?;
         }
         // Position p predicts token p + 1: the scored tokens score_from..T come from the

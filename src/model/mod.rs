@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod fused;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod hub;
