@@ -315,8 +315,7 @@ mod cuda {
             (a0, a1): (usize, usize),
             w: &CudaStorage,
             (b0, b1): (usize, usize),
-            d: usize,
-            eps: f32,
+            (d, eps): (usize, f32),
         ) -> Result<CudaStorage> {
             let n = a1 - a0;
             let xv = x.as_cuda_slice::<f32>()?.slice(a0..a1);
@@ -345,9 +344,9 @@ mod cuda {
         let f = func(&dev, "rms_norm_to", dtype)?;
         let (x, w) = ((x, (a0, a1)), (w, (b0, b1)));
         match dtype {
-            DType::F32 => go::<f32>(&f, &dev, x.0, x.1, w.0, w.1, d, eps),
-            DType::BF16 => go::<half::bf16>(&f, &dev, x.0, x.1, w.0, w.1, d, eps),
-            _ => go::<half::f16>(&f, &dev, x.0, x.1, w.0, w.1, d, eps),
+            DType::F32 => go::<f32>(&f, &dev, x.0, x.1, w.0, w.1, (d, eps)),
+            DType::BF16 => go::<half::bf16>(&f, &dev, x.0, x.1, w.0, w.1, (d, eps)),
+            _ => go::<half::f16>(&f, &dev, x.0, x.1, w.0, w.1, (d, eps)),
         }
     }
 
