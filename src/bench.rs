@@ -268,7 +268,8 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
                 r.peak_mem_gb.map_or("n/a".into(), |g| format!("{g:.1} GB"))
             );
             if let Some(ops) = &r.profile {
-                let total: f64 = ops.iter().map(|o| o.1).sum();
+                // Nested ops (`outer/inner`) are part of their outer op's time.
+                let total: f64 = ops.iter().filter(|o| !o.0.contains('/')).map(|o| o.1).sum();
                 for (op, sec, calls) in ops {
                     eprintln!(
                         "      {op:<24} {:>9.1} ms {:>5.1}%  ({calls} calls)",

@@ -13,12 +13,19 @@ use std::time::Instant;
 static ON: AtomicBool = AtomicBool::new(false);
 static TIMING: AtomicBool = AtomicBool::new(false);
 static PEAK: AtomicU64 = AtomicU64::new(0);
-static TABLE: Mutex<BTreeMap<&'static str, (f64, u64)>> = Mutex::new(BTreeMap::new());
+static TABLE: Mutex<BTreeMap<String, (f64, u64)>> = Mutex::new(BTreeMap::new());
+
+thread_local! {
+    /// The timed op this thread is inside, if any: an op within it is tabled as
+    /// `outer/inner`, so its time is not counted twice in a phase's total.
+    static OUTER: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
 
 /// Per-op totals of one profiled run.
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
-    /// (op, seconds, calls), slowest first.
+    /// (op, seconds, calls), slowest first; an op timed inside another is named
+    /// `outer/inner` and its time is part of the outer one's.
     pub ops: Vec<(String, f64, u64)>,
     /// Most device memory in use after any op, in bytes (None on the CPU).
     pub peak_bytes: Option<u64>,
@@ -37,7 +44,7 @@ pub fn stop() -> Profile {
     ON.store(false, Ordering::Relaxed);
     let mut ops: Vec<(String, f64, u64)> = TABLE
         .lock()
-        .map(|t| t.iter().map(|(k, v)| (k.to_string(), v.0, v.1)).collect())
+        .map(|t| t.iter().map(|(k, v)| (k.clone(), v.0, v.1)).collect())
         .unwrap_or_default();
     ops.sort_by(|a, b| b.1.total_cmp(&a.1));
     let peak = PEAK.load(Ordering::Relaxed);
@@ -81,12 +88,19 @@ pub fn op<T>(
         return Ok(r);
     }
     device.synchronize()?;
+    let outer = OUTER.with(|o| o.replace(Some(name)));
     let t0 = Instant::now();
-    let r = f()?;
+    let r = f();
+    OUTER.with(|o| o.set(outer));
+    let r = r?;
     device.synchronize()?;
     let dt = t0.elapsed().as_secs_f64();
+    let key = match outer {
+        Some(o) => format!("{o}/{name}"),
+        None => name.to_string(),
+    };
     if let Ok(mut t) = TABLE.lock() {
-        let e = t.entry(name).or_insert((0.0, 0));
+        let e = t.entry(key).or_insert((0.0, 0));
         e.0 += dt;
         e.1 += 1;
     }
@@ -100,8 +114,12 @@ pub fn op<T>(
 mod tests {
     use super::*;
 
+    /// The table is global: these tests must not start/stop it under each other.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     #[test]
     fn ops_are_counted_only_while_on() {
+        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let d = Device::Cpu;
         op(&d, "before", || Ok(())).unwrap();
         start(true);
@@ -113,5 +131,19 @@ mod tests {
         let calls = |n: &str| p.ops.iter().find(|o| o.0 == n).map(|o| o.2);
         assert_eq!(calls("x"), Some(2));
         assert_eq!((calls("before"), calls("after")), (None, None));
+    }
+
+    #[test]
+    fn nested_ops_are_named_under_their_outer_op() {
+        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let d = Device::Cpu;
+        start(true);
+        op(&d, "outer_t", || op(&d, "inner_t", || Ok(()))).unwrap();
+        op(&d, "inner_t", || Ok(())).unwrap();
+        let p = stop();
+        let calls = |n: &str| p.ops.iter().find(|o| o.0 == n).map(|o| o.2);
+        assert_eq!(calls("outer_t"), Some(1));
+        assert_eq!(calls("outer_t/inner_t"), Some(1));
+        assert_eq!(calls("inner_t"), Some(1));
     }
 }
