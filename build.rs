@@ -1,12 +1,18 @@
-//! With the `cuda` feature, compiles gateau's own kernels (src/model/fused.cu) to PTX with
-//! nvcc; the driver JIT-compiles it for the GPU at first use, as it does candle's kernels.
+//! With the `cuda` feature, compiles gateau's own kernels (src/model/fused.cu, capture.cu)
+//! to PTX with nvcc; the driver JIT-compiles them for the GPU at first use, as it does
+//! candle's kernels.
 
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The .cu files under src/model, each one PTX module.
+const KERNELS: [&str; 2] = ["fused", "capture"];
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=src/model/fused.cu");
+    for name in KERNELS {
+        println!("cargo:rerun-if-changed=src/model/{name}.cu");
+    }
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=NVCC");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
@@ -20,20 +26,22 @@ fn main() {
         .ok()
         .and_then(|c| c.trim().replace('.', "").parse::<u32>().ok())
         .unwrap_or(80);
-    let status = Command::new(&nvcc)
-        .args(["--ptx", "-O3", "-std=c++17"])
-        .arg(format!("-arch=compute_{cap}"))
-        .arg("-o")
-        .arg(out.join("fused.ptx"))
-        .arg("src/model/fused.cu")
-        .status()
-        .unwrap_or_else(|e| {
-            panic!(
-                "could not run nvcc ({}): {e}; install the CUDA toolkit or set NVCC",
-                nvcc.display()
-            )
-        });
-    assert!(status.success(), "nvcc failed on src/model/fused.cu");
+    for name in KERNELS {
+        let status = Command::new(&nvcc)
+            .args(["--ptx", "-O3", "-std=c++17"])
+            .arg(format!("-arch=compute_{cap}"))
+            .arg("-o")
+            .arg(out.join(format!("{name}.ptx")))
+            .arg(format!("src/model/{name}.cu"))
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "could not run nvcc ({}): {e}; install the CUDA toolkit or set NVCC",
+                    nvcc.display()
+                )
+            });
+        assert!(status.success(), "nvcc failed on src/model/{name}.cu");
+    }
 }
 
 /// `$NVCC`, else `nvcc` from CUDA_ROOT / CUDA_HOME / CUDA_PATH, else from PATH.

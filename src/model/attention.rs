@@ -5,6 +5,7 @@
 //! Scores, softmax and the captured mass are f32 whatever the compute dtype: the CAM
 //! statistic is a mean of probabilities around 1e-4, which bf16 scores would distort.
 
+use super::capture;
 use super::profile::op;
 use candle_core::{DType, Device, Tensor, D};
 
@@ -178,6 +179,19 @@ pub fn capture_mass(q: &Tensor, k: &Tensor, plan: &Plan) -> candle_core::Result<
         mass = (mass + m.pad_with_zeros(1, 0, t - e)?)?;
     }
     Ok(mass)
+}
+
+/// [`capture_mass`] for q `[B, T, H, hd]` and k `[B, T, KV, hd]` (the flash layout): the
+/// fused kernels of capture.rs where they exist (CUDA, 16-bit, head size 64 or 128), else
+/// the chunked f32 softmax on transposed views.
+pub fn capture_mass_thd(q: &Tensor, k: &Tensor, plan: &Plan) -> candle_core::Result<Tensor> {
+    let t = q.dim(1)?;
+    match plan.capture_from {
+        Some(split) if split < t && capture::available(q.device(), q.dtype(), q.dim(3)?) => {
+            capture::mass(q, k, split)
+        }
+        _ => capture_mass(&q.transpose(1, 2)?, &k.transpose(1, 2)?, plan),
+    }
 }
 
 /// q: `[B, H, T, hd]`, k and v: `[B, KV, T, hd]` with H a multiple of KV (grouped query:

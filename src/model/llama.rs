@@ -4,7 +4,7 @@
 //! Layout mirrors HF checkpoints (`model.layers.N.self_attn.q_proj`, ...), so the same code
 //! loads safetensors folders and (renamed, un-permuted) GGUF tensors.
 
-use super::attention::{capture_mass, causal_attention, fused_available, fused_causal, Plan};
+use super::attention::{capture_mass_thd, causal_attention, fused_available, fused_causal, Plan};
 use super::config::ModelConfig;
 use super::fused;
 use super::profile::op;
@@ -218,7 +218,7 @@ impl Llama {
                 })?;
                 let m = match capture {
                     true => Some(op(dev, "attention_capture", || {
-                        capture_mass(&q.transpose(1, 2)?, &k.transpose(1, 2)?, &plan)
+                        capture_mass_thd(&q, &k, &plan)
                     })?),
                     false => None,
                 };

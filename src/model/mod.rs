@@ -2,6 +2,7 @@
 //! dtype, together with its tokenizer and BOS id.
 
 pub mod attention;
+pub mod capture;
 pub mod config;
 pub mod fused;
 pub mod gguf;
