@@ -18,13 +18,30 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 }
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 
+// Vectors of 4 (add_into) or 16 bytes (silu_mul) where every pointer is aligned for them:
+// scalar 2-byte accesses left the element-wise kernels well short of the memory bandwidth.
+template <typename T, int N> struct alignas(sizeof(T) * N) Vec {
+  T v[N];
+};
+
+__device__ __forceinline__ bool aligned(const void *p, size_t bytes) {
+  return (uintptr_t)p % bytes == 0;
+}
+
 // x[i] += y[i]: the f32 residual stream takes a sublayer's output without a cast pass.
 template <typename T>
 __device__ void add_into(float *__restrict__ x, const T *__restrict__ y, size_t n) {
   size_t stride = (size_t)blockDim.x * gridDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    x[i] += to_f(y[i]);
+  size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  size_t nv = aligned(x, 16) && aligned(y, sizeof(Vec<T, 4>)) ? n / 4 : 0;
+  for (size_t i = tid; i < nv; i += stride) {
+    Vec<float, 4> a = reinterpret_cast<Vec<float, 4> *>(x)[i];
+    Vec<T, 4> b = reinterpret_cast<const Vec<T, 4> *>(y)[i];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) a.v[j] += to_f(b.v[j]);
+    reinterpret_cast<Vec<float, 4> *>(x)[i] = a;
   }
+  for (size_t i = nv * 4 + tid; i < n; i += stride) x[i] += to_f(y[i]);
 }
 
 __device__ __forceinline__ float block_sum(float v) {
@@ -61,14 +78,25 @@ __device__ void rms_norm_to(const float *__restrict__ x, const float *__restrict
 }
 
 // out = silu(a) * b, computed in f32 and rounded once (candle's silu and mul round twice).
+__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.f + expf(-g)) * u; }
+
 template <typename T>
 __device__ void silu_mul(const T *__restrict__ a, const T *__restrict__ b, T *__restrict__ out,
                          size_t n) {
+  constexpr int V = 16 / sizeof(T);
   size_t stride = (size_t)blockDim.x * gridDim.x;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    float g = to_f(a[i]);
-    out[i] = from_f<T>(g / (1.f + expf(-g)) * to_f(b[i]));
+  size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  size_t nv = aligned(a, 16) && aligned(b, 16) && aligned(out, 16) ? n / V : 0;
+  for (size_t i = tid; i < nv; i += stride) {
+    Vec<T, V> va = reinterpret_cast<const Vec<T, V> *>(a)[i];
+    Vec<T, V> vb = reinterpret_cast<const Vec<T, V> *>(b)[i];
+    Vec<T, V> vo;
+#pragma unroll
+    for (int j = 0; j < V; ++j) vo.v[j] = from_f<T>(silu_times(to_f(va.v[j]), to_f(vb.v[j])));
+    reinterpret_cast<Vec<T, V> *>(out)[i] = vo;
   }
+  for (size_t i = nv * V + tid; i < n; i += stride)
+    out[i] = from_f<T>(silu_times(to_f(a[i]), to_f(b[i])));
 }
 
 #define FUSED(NAME, T)                                                                         \

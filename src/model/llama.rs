@@ -252,14 +252,17 @@ impl Llama {
                 });
             }
             op(dev, "o_proj+residual", || {
-                fused::add_into(&x, &layer.o.forward(&att)?)
+                let y = layer.o.forward(&att)?;
+                op(dev, "residual_add", || fused::add_into(&x, &y))
             })?;
             let h = op(dev, "rms_norm", || self.rms_norm(&x, &layer.post_norm))?;
             let mlp = op(dev, "mlp_gate_up", || {
-                fused::silu_mul(&layer.gate.forward(&h)?, &layer.up.forward(&h)?)
+                let (g, u) = (layer.gate.forward(&h)?, layer.up.forward(&h)?);
+                op(dev, "silu_mul", || fused::silu_mul(&g, &u))
             })?;
             op(dev, "mlp_down+residual", || {
-                fused::add_into(&x, &layer.down.forward(&mlp)?)
+                let y = layer.down.forward(&mlp)?;
+                op(dev, "residual_add", || fused::add_into(&x, &y))
             })?;
         }
         // Position p predicts token p + 1: the scored tokens score_from..T come from the

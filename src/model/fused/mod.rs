@@ -229,165 +229,7 @@ impl CustomOp2 for SiluMul {
 }
 
 #[cfg(feature = "cuda")]
-mod cuda {
-    //! Launches of the kernels in fused.cu (one PTX module, loaded once per device).
-    use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{
-        CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
-    };
-    use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{bail, CudaDevice, CudaStorage, DType, Result};
-
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
-    const THREADS: u32 = 256;
-
-    fn func(dev: &CudaDevice, kernel: &str, dtype: DType) -> Result<CudaFunction> {
-        let suffix = match dtype {
-            DType::F32 => "f32",
-            DType::BF16 => "bf16",
-            DType::F16 => "f16",
-            other => bail!("{kernel}: unsupported dtype {other:?}"),
-        };
-        Ok(dev
-            .get_or_load_custom_func(&format!("{kernel}_{suffix}"), "gateau_fused", PTX)?
-            .into_cuda_function())
-    }
-
-    /// Grid-stride launch over `n` elements.
-    fn flat(n: usize) -> LaunchConfig {
-        let blocks = n.div_ceil(THREADS as usize).clamp(1, 1 << 16) as u32;
-        LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        }
-    }
-
-    pub fn add_into(
-        x: &mut CudaStorage,
-        (a0, a1): (usize, usize),
-        y: &CudaStorage,
-        (b0, b1): (usize, usize),
-    ) -> Result<()> {
-        fn go<T: CudaDType + DeviceRepr>(
-            f: &CudaFunction,
-            dev: &CudaDevice,
-            x: &mut CudaSlice<f32>,
-            (a0, a1): (usize, usize),
-            y: &CudaStorage,
-            (b0, b1): (usize, usize),
-        ) -> Result<()> {
-            let n = a1 - a0;
-            let mut xv = x.slice_mut(a0..a1);
-            let yv = y.as_cuda_slice::<T>()?.slice(b0..b1);
-            let stream = dev.cuda_stream();
-            let mut b = stream.launch_builder(f);
-            b.arg(&mut xv);
-            b.arg(&yv);
-            b.arg(&n);
-            // SAFETY: both views hold n elements; the kernel touches indices < n.
-            unsafe { b.launch(flat(n)) }.w()?;
-            Ok(())
-        }
-        let dev = x.device.clone();
-        let f = func(&dev, "add_into", y.dtype())?;
-        let xs = x.as_cuda_slice_mut::<f32>()?;
-        match y.dtype() {
-            DType::F32 => go::<f32>(&f, &dev, xs, (a0, a1), y, (b0, b1)),
-            DType::BF16 => go::<half::bf16>(&f, &dev, xs, (a0, a1), y, (b0, b1)),
-            _ => go::<half::f16>(&f, &dev, xs, (a0, a1), y, (b0, b1)),
-        }
-    }
-
-    pub fn rms_norm_to(
-        x: &CudaStorage,
-        (a0, a1): (usize, usize),
-        w: &CudaStorage,
-        (b0, b1): (usize, usize),
-        d: usize,
-        eps: f32,
-        dtype: DType,
-    ) -> Result<CudaStorage> {
-        fn go<T: CudaDType + DeviceRepr>(
-            f: &CudaFunction,
-            dev: &CudaDevice,
-            x: &CudaStorage,
-            (a0, a1): (usize, usize),
-            w: &CudaStorage,
-            (b0, b1): (usize, usize),
-            (d, eps): (usize, f32),
-        ) -> Result<CudaStorage> {
-            let n = a1 - a0;
-            let xv = x.as_cuda_slice::<f32>()?.slice(a0..a1);
-            let wv = w.as_cuda_slice::<f32>()?.slice(b0..b1);
-            // SAFETY: every element is written by the kernel before it is read.
-            let out = unsafe { dev.alloc::<T>(n)? };
-            let rows = (n / d) as u32;
-            let d32 = d as i32;
-            let stream = dev.cuda_stream();
-            let mut b = stream.launch_builder(f);
-            b.arg(&xv);
-            b.arg(&wv);
-            b.arg(&out);
-            b.arg(&d32);
-            b.arg(&eps);
-            let cfg = LaunchConfig {
-                grid_dim: (rows, 1, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: one block per row of d elements, all within the views.
-            unsafe { b.launch(cfg) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
-        }
-        let dev = x.device.clone();
-        let f = func(&dev, "rms_norm_to", dtype)?;
-        let (x, w) = ((x, (a0, a1)), (w, (b0, b1)));
-        match dtype {
-            DType::F32 => go::<f32>(&f, &dev, x.0, x.1, w.0, w.1, (d, eps)),
-            DType::BF16 => go::<half::bf16>(&f, &dev, x.0, x.1, w.0, w.1, (d, eps)),
-            _ => go::<half::f16>(&f, &dev, x.0, x.1, w.0, w.1, (d, eps)),
-        }
-    }
-
-    pub fn silu_mul(
-        a: &CudaStorage,
-        (a0, a1): (usize, usize),
-        b: &CudaStorage,
-        (b0, b1): (usize, usize),
-    ) -> Result<CudaStorage> {
-        fn go<T: CudaDType + DeviceRepr>(
-            f: &CudaFunction,
-            dev: &CudaDevice,
-            a: &CudaStorage,
-            (a0, a1): (usize, usize),
-            b: &CudaStorage,
-            (b0, b1): (usize, usize),
-        ) -> Result<CudaStorage> {
-            let n = a1 - a0;
-            let av = a.as_cuda_slice::<T>()?.slice(a0..a1);
-            let bv = b.as_cuda_slice::<T>()?.slice(b0..b1);
-            // SAFETY: every element is written by the kernel before it is read.
-            let out = unsafe { dev.alloc::<T>(n)? };
-            let stream = dev.cuda_stream();
-            let mut l = stream.launch_builder(f);
-            l.arg(&av);
-            l.arg(&bv);
-            l.arg(&out);
-            l.arg(&n);
-            // SAFETY: the three buffers hold n elements; the kernel touches indices < n.
-            unsafe { l.launch(flat(n)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
-        }
-        let dev = a.device.clone();
-        let f = func(&dev, "silu_mul", a.dtype())?;
-        match a.dtype() {
-            DType::F32 => go::<f32>(&f, &dev, a, (a0, a1), b, (b0, b1)),
-            DType::BF16 => go::<half::bf16>(&f, &dev, a, (a0, a1), b, (b0, b1)),
-            _ => go::<half::f16>(&f, &dev, a, (a0, a1), b, (b0, b1)),
-        }
-    }
-}
+mod cuda;
 
 #[cfg(test)]
 mod tests {
@@ -514,6 +356,71 @@ mod tests {
                     "{dt:?} {i}: {} vs {want}",
                     got[i]
                 );
+            }
+        }
+    }
+
+    /// The CUDA kernels against the CPU implementations, on lengths with a tail after the
+    /// vectors and on views that start off the vector alignment (the scalar path). Needs a
+    /// CUDA GPU: `cargo test --features cuda -- --ignored`.
+    #[cfg(feature = "cuda")]
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn cuda_kernels_equal_the_cpu_ones() {
+        let gpu = Device::new_cuda(0).expect("a CUDA device");
+        let cpu = Device::Cpu;
+        let n = 8 * 4099 + 5;
+        let flat = |t: &Tensor| {
+            t.to_device(&cpu)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        for dt in [DType::F32, DType::BF16, DType::F16] {
+            let ulp = match dt {
+                DType::F32 => 1e-6,
+                DType::BF16 => 1.0 / 128.0,
+                _ => 1.0 / 1024.0,
+            };
+            for skip in [0, 1] {
+                let mk = |seed, dev: &Device, dtype| {
+                    Tensor::from_vec(values(n + 1, seed), n + 1, dev)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap()
+                        .narrow(0, skip, n)
+                        .unwrap()
+                };
+                let what = format!("{dt:?}, views from element {skip}");
+                let (xc, xg) = (mk(1, &cpu, DType::F32), mk(1, &gpu, DType::F32));
+                add_into(&xc, &mk(2, &cpu, dt)).unwrap();
+                add_into(&xg, &mk(2, &gpu, dt)).unwrap();
+                assert_eq!(flat(&xc), flat(&xg), "add_into {what}");
+                let got = flat(&silu_mul(&mk(3, &gpu, dt), &mk(4, &gpu, dt)).unwrap());
+                let want = flat(&silu_mul(&mk(3, &cpu, dt), &mk(4, &cpu, dt)).unwrap());
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    // expf and Rust's exp may differ in the last f32 bit: one dt step.
+                    assert!((a - b).abs() <= ulp * b.abs() + 1e-7, "silu_mul {what} {i}");
+                }
+                let (rows, d) = (7, 4096);
+                let x = Tensor::from_vec(values(rows * d, 5), (rows, d), &cpu).unwrap();
+                let w = Tensor::from_vec(values(d, 6), d, &cpu).unwrap();
+                let on = |t: &Tensor| t.to_device(&gpu).unwrap();
+                let got = flat(&rms_norm_to(&on(&x), &on(&w), 1e-5, dt).unwrap());
+                let want = flat(&rms_norm_to(&x, &w, 1e-5, dt).unwrap());
+                // The GPU sums the 4096 squares in another order: a few f32 steps apart
+                // in the norm (bounded here by 3e-5 relative), then one dt step at most.
+                let tol = if dt == DType::F32 { 3e-5 } else { ulp };
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= tol * b.abs() + 1e-6,
+                        "rms_norm_to {what} {i}: {a} vs {b}"
+                    );
+                }
             }
         }
     }
