@@ -70,6 +70,7 @@ pub struct BenchSettings {
     pub dtype: DType,
     pub json: Option<std::path::PathBuf>,
     pub profile: bool,
+    pub small_segments: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -205,7 +206,6 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
             .collect();
         let batches = batch_ranges(segs.len(), ts, s.max_batch_tokens);
         let per = (s.max_batch_tokens / ts).max(1);
-        type Work<'a> = Box<dyn Fn() -> Result<()> + 'a>;
         let phases: [(String, usize, f64, Work); 3] = [
             (
                 "full pass (no capture)".into(),
@@ -232,52 +232,7 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
             ),
         ];
         for (name, tokens, flops, work) in phases {
-            profile::start(false);
-            let secs = time(&device, s.warmup, s.repeat, &work);
-            let peak_bytes = profile::stop().peak_bytes;
-            let secs = secs?;
-            let ops = if s.profile {
-                profile::start(true);
-                let r = work();
-                let p = profile::stop();
-                r?;
-                Some(p.ops)
-            } else {
-                None
-            };
-            let r = PhaseResult {
-                shape: s.shape,
-                ctx,
-                phase: name,
-                tokens,
-                seconds: secs,
-                tokens_per_s: tokens as f64 / secs,
-                tflops: flops / secs / 1e12,
-                matmul_peak_tflops: peak,
-                mfu: flops / secs / 1e12 / peak,
-                peak_mem_gb: peak_bytes.map(|b| b as f64 / 1e9),
-                profile: ops,
-            };
-            eprintln!(
-                "  ctx {ctx:>6}  {:<34} {:>9.0} tok/s {:>7.1} TFLOP/s  MFU {:>5.1}%  {:.3} s  peak {}",
-                r.phase,
-                r.tokens_per_s,
-                r.tflops,
-                100.0 * r.mfu,
-                r.seconds,
-                r.peak_mem_gb.map_or("n/a".into(), |g| format!("{g:.1} GB"))
-            );
-            if let Some(ops) = &r.profile {
-                // Nested ops (`outer/inner`) are part of their outer op's time.
-                let total: f64 = ops.iter().filter(|o| !o.0.contains('/')).map(|o| o.1).sum();
-                for (op, sec, calls) in ops {
-                    eprintln!(
-                        "      {op:<24} {:>9.1} ms {:>5.1}%  ({calls} calls)",
-                        sec * 1e3,
-                        100.0 * sec / total.max(1e-12)
-                    );
-                }
-            }
+            let r = measure(&s, &device, peak, (ctx, name), (tokens, flops), &work)?;
             results.push(r);
         }
         // A whole sample at this context: both full passes plus its segment passes
@@ -288,6 +243,9 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
         let e2e =
             short.seconds + long.seconds + seg.seconds / s.segments.max(1) as f64 * n_seg as f64;
         eprintln!("  ctx {ctx:>6}  end to end per sample ({n_seg} segments): {e2e:.3} s");
+    }
+    if s.small_segments > 0 {
+        results.extend(small_samples(&s, &model, &device, peak)?);
     }
     let lines: Vec<String> = results
         .iter()
@@ -300,6 +258,142 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
         std::fs::write(p, lines.join("\n") + "\n")?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+type Work<'a> = Box<dyn Fn() -> Result<()> + 'a>;
+
+/// Times one phase (warm-up, repeats, peak memory, optional per-op profile) and prints it.
+fn measure(
+    s: &BenchSettings,
+    device: &Device,
+    peak: f64,
+    (ctx, name): (usize, String),
+    (tokens, flops): (usize, f64),
+    work: &Work,
+) -> Result<PhaseResult> {
+    profile::start(false);
+    let secs = time(device, s.warmup, s.repeat, work);
+    let peak_bytes = profile::stop().peak_bytes;
+    let secs = secs?;
+    let ops = if s.profile {
+        profile::start(true);
+        let r = work();
+        let p = profile::stop();
+        r?;
+        Some(p.ops)
+    } else {
+        None
+    };
+    let r = PhaseResult {
+        shape: s.shape,
+        ctx,
+        phase: name,
+        tokens,
+        seconds: secs,
+        tokens_per_s: tokens as f64 / secs,
+        tflops: flops / secs / 1e12,
+        matmul_peak_tflops: peak,
+        mfu: flops / secs / 1e12 / peak,
+        peak_mem_gb: peak_bytes.map(|b| b as f64 / 1e9),
+        profile: ops,
+    };
+    eprintln!(
+        "  ctx {ctx:>6}  {:<34} {:>9.0} tok/s {:>7.1} TFLOP/s  MFU {:>5.1}%  {:.3} s  peak {}",
+        r.phase,
+        r.tokens_per_s,
+        r.tflops,
+        100.0 * r.mfu,
+        r.seconds,
+        r.peak_mem_gb.map_or("n/a".into(), |g| format!("{g:.1} GB"))
+    );
+    if let Some(ops) = &r.profile {
+        // Nested ops (`outer/inner`) are part of their outer op's time.
+        let total: f64 = ops.iter().filter(|o| !o.0.contains('/')).map(|o| o.1).sum();
+        for (op, sec, calls) in ops {
+            eprintln!(
+                "      {op:<24} {:>9.1} ms {:>5.1}%  ({calls} calls)",
+                sec * 1e3,
+                100.0 * sec / total.max(1e-12)
+            );
+        }
+    }
+    Ok(r)
+}
+
+/// The segment passes of small samples (`--small-segments` segments each, responses of
+/// differing lengths): each sample's batch alone, as without `--pack-below`, then the same
+/// sequences packed into rows of up to `--max-batch-tokens` (what `--pack-below` does).
+fn small_samples(
+    s: &BenchSettings,
+    model: &Llama,
+    device: &Device,
+    peak: f64,
+) -> Result<Vec<PhaseResult>> {
+    let cfg = model.config();
+    let k = s.small_segments;
+    // Responses from resp/2 to resp in 8 steps, so the packed rows mix lengths.
+    let lens: Vec<usize> = (0..8)
+        .map(|i| 1 + s.segment_len + s.mid + s.resp / 2 + i * s.resp / 16)
+        .collect();
+    let per_sample = k * lens.iter().sum::<usize>() / lens.len();
+    let m = (2 * s.max_batch_tokens / per_sample.max(1)).max(2);
+    let samples: Vec<(Vec<Vec<u32>>, usize)> = (0..m)
+        .map(|i| {
+            let ts = lens[i % lens.len()];
+            let seqs = (0..k)
+                .map(|j| synthetic(ts, cfg.vocab_size, (1000 * i + j) as u64))
+                .collect();
+            (seqs, 1 + s.segment_len + s.mid)
+        })
+        .collect();
+    let tokens: usize = samples.iter().map(|x| x.0.len() * x.0[0].len()).sum();
+    let flops: f64 = samples
+        .iter()
+        .map(|x| flops_per_seq(cfg, x.0[0].len()) * k as f64)
+        .sum();
+    let ctx = k * s.segment_len;
+    let alone: Work = Box::new(|| {
+        for (seqs, from) in &samples {
+            model.forward(seqs, *from, false)?;
+        }
+        Ok(())
+    });
+    let packed: Work = Box::new(|| {
+        let all: Vec<(&[u32], usize)> = samples
+            .iter()
+            .flat_map(|(seqs, from)| seqs.iter().map(move |q| (q.as_slice(), *from)))
+            .collect();
+        let mut start = 0;
+        while start < all.len() {
+            let mut end = start + 1;
+            let mut n = all[start].0.len();
+            while end < all.len() && n + all[end].0.len() <= s.max_batch_tokens {
+                n += all[end].0.len();
+                end += 1;
+            }
+            model.forward_packed(&all[start..end])?;
+            start = end;
+        }
+        Ok(())
+    });
+    Ok(vec![
+        measure(
+            s,
+            device,
+            peak,
+            (ctx, format!("{m} small samples, one per batch")),
+            (tokens, flops),
+            &alone,
+        )?,
+        measure(
+            s,
+            device,
+            peak,
+            (ctx, format!("{m} small samples, packed")),
+            (tokens, flops),
+            &packed,
+        )?,
+    ])
 }
 
 #[cfg(test)]
@@ -327,5 +421,38 @@ mod tests {
         assert_eq!(o.nll[0].len(), 10);
         let total: f32 = o.attention.unwrap()[0].iter().sum();
         assert!((total - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn small_sample_phases_time_the_same_work() {
+        let shape = Shape::Smollm2_135m;
+        let cfg = ModelConfig {
+            num_layers: 1,
+            ..shape.config()
+        };
+        let m = random_model(&cfg, &Device::Cpu, DType::F32).unwrap();
+        let s = BenchSettings {
+            shape,
+            contexts: vec![],
+            resp: 16,
+            mid: 2,
+            segment_len: 8,
+            segments: 0,
+            max_batch_tokens: 200,
+            repeat: 1,
+            warmup: 0,
+            device: DeviceChoice::Cpu,
+            dtype: DType::F32,
+            json: None,
+            profile: true,
+            small_segments: 3,
+        };
+        let r = small_samples(&s, &m, &Device::Cpu, 1.0).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].tokens, r[1].tokens);
+        assert_eq!(r[0].ctx, 24);
+        // 2 x 200 / (3 x ~23) samples, 3 sequences of 19..26 tokens each.
+        assert!(r[0].tokens > 300 && r[0].tokens < 600, "{}", r[0].tokens);
+        assert!(r.iter().all(|x| x.mfu > 0.0 && x.profile.is_some()));
     }
 }

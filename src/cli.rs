@@ -84,6 +84,11 @@ pub struct BenchArgs {
     /// synchronizations: where the time goes, per op.
     #[arg(long)]
     pub profile: bool,
+    /// Also time the segment passes of small samples with this many segments each: one
+    /// sample per batch, then packed across samples (what `score --pack-below` does).
+    /// 0: skip.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub small_segments: usize,
 }
 
 /// Options shared by every subcommand.
@@ -163,6 +168,12 @@ pub struct PassArgs {
     /// loading the models, at most 65536; 16384 on the CPU].
     #[arg(long, value_name = "TOKENS")]
     pub max_batch_tokens: Option<usize>,
+    /// Samples whose segment passes total fewer tokens than this wait until such samples
+    /// fill a segment batch, then run together (sequences packed without padding; the
+    /// numbers do not change, their records come later). 0: never [default: 8192 on CUDA,
+    /// 0 on the CPU].
+    #[arg(long, value_name = "TOKENS")]
+    pub pack_below: Option<usize>,
     /// auto: both models stay on the GPU when they and a --max-len pass fit, else two
     /// phases (the short model over every sample, then the long model); one; two.
     #[arg(long, value_enum)]

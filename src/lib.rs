@@ -2,8 +2,8 @@
 //! arXiv 2410.15633) with candle.
 //!
 //! The pipeline, one module per step: `data` (JSONL input) -> `template` (tokens) ->
-//! `model` (LLaMA forward with attention capture) -> `passes` (HMG/CAM passes of a sample)
-//! -> `record` (per-sample output) -> `selection` (dataset-level ranking, methods) ->
+//! `model` (LLaMA forward with attention capture) -> `passes` (HMG/CAM passes of a sample;
+//! `pack` runs small samples' segment passes together) -> `record` (per-sample output) -> `selection` (dataset-level ranking, methods) ->
 //! `analysis` (records read back and ranked) -> `report` / `summary` / `plots` (what a
 //! selection looks like). `score`, `select`, `report` (in `summary`), `inspect`, `compare`
 //! and `bench` drive the subcommands; `cli` and `settings` are the interface.
@@ -18,6 +18,7 @@ pub mod memory;
 pub mod model;
 pub mod models;
 pub mod normalize;
+pub mod pack;
 pub mod passes;
 pub mod plots;
 pub mod progress;

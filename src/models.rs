@@ -18,6 +18,8 @@ pub struct Models {
     given: Option<HashMap<u64, f64>>,
     /// Most tokens in one batched segment pass on this device.
     pub batch_tokens: usize,
+    /// Samples with fewer segment tokens than this share segment passes (0: never).
+    pub pack_below: usize,
 }
 
 pub fn short_spec(s: &ScoreSettings) -> Option<ModelSpec> {
@@ -76,12 +78,16 @@ impl Models {
         let batch_tokens = s.max_batch_tokens.unwrap_or_else(|| {
             memory::default_batch_tokens(long.llama.config(), width, model::free_memory(device))
         });
+        let pack_below = s
+            .pack_below
+            .unwrap_or_else(|| memory::default_pack_below(device));
         Ok(Self {
             long,
             short,
             window,
             given,
             batch_tokens,
+            pack_below,
         })
     }
 

@@ -71,6 +71,83 @@ pub fn batched_ppl(
     Ok(out)
 }
 
+/// Segment perplexities of several samples' segment sequences packed into rows of at most
+/// `budget` tokens (a sequence longer than the budget gets a row of its own), one vector
+/// per sample in the order given, and the number of forward passes.
+pub fn packed_ppl(
+    model: &Llama,
+    samples: &[&Pending],
+    budget: usize,
+) -> Result<(Vec<Vec<f64>>, usize)> {
+    let all: Vec<(usize, &[u32], usize)> = samples
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| p.seqs.iter().map(move |q| (i, q.as_slice(), p.seg_from)))
+        .collect();
+    let mut out: Vec<Vec<f64>> = samples
+        .iter()
+        .map(|p| Vec::with_capacity(p.seqs.len()))
+        .collect();
+    let mut start = 0;
+    let mut passes = 0;
+    while start < all.len() {
+        passes += 1;
+        let mut end = start + 1;
+        let mut tokens = all[start].1.len();
+        while end < all.len() && tokens + all[end].1.len() <= budget {
+            tokens += all[end].1.len();
+            end += 1;
+        }
+        let row: Vec<(&[u32], usize)> = all[start..end].iter().map(|x| (x.1, x.2)).collect();
+        for (x, nll) in all[start..end].iter().zip(model.forward_packed(&row)?) {
+            out[x.0].push(ppl(&nll));
+        }
+        start = end;
+    }
+    Ok((out, passes))
+}
+
+/// A sample after its full passes, its segment passes still to run (alone, or packed with
+/// other small samples' by [`packed_ppl`]).
+#[derive(Debug, Clone)]
+pub struct Pending {
+    ppl_short: f64,
+    ppl_long: f64,
+    ppl_alone: Option<f64>,
+    seg_attn: Vec<f64>,
+    /// The segment sequences, all of one length, responses from `seg_from` on.
+    seqs: Vec<Vec<u32>>,
+    seg_from: usize,
+    model_tokens: usize,
+}
+
+impl Pending {
+    /// Tokens of this sample's segment passes.
+    pub fn segment_tokens(&self) -> usize {
+        self.seqs.iter().map(|q| q.len()).sum()
+    }
+
+    /// Runs the segment passes alone, batched under `budget` tokens.
+    pub fn run_segments(self, model: &Llama, budget: usize) -> Result<SampleScores> {
+        let seg_ppl = batched_ppl(model, &self.seqs, self.seg_from, budget)?;
+        Ok(self.finish(seg_ppl))
+    }
+
+    /// The sample's scores once its segment perplexities are known.
+    pub fn finish(self, seg_ppl: Vec<f64>) -> SampleScores {
+        let cas = cas(&seg_ppl, &self.seg_attn, CamNorm::Softmax);
+        SampleScores {
+            ppl_short: self.ppl_short,
+            ppl_long: self.ppl_long,
+            seg_ppl,
+            seg_attn: self.seg_attn,
+            cas,
+            ppl_alone: self.ppl_alone,
+            model_tokens: self.model_tokens,
+        }
+    }
+}
+
 /// Runs every pass of one sample.
 pub fn score_sample(
     long: &Llama,
@@ -78,6 +155,17 @@ pub fn score_sample(
     t: &Tokens,
     s: &PassSettings,
 ) -> Result<SampleScores> {
+    full_passes(long, short, t, s)?.run_segments(long, s.max_batch_tokens)
+}
+
+/// The passes over the whole sample: the long model's (with the attention capture), the
+/// short model's, and the response alone (IFD); the segment sequences are made, not run.
+pub fn full_passes(
+    long: &Llama,
+    short: &ShortModel,
+    t: &Tokens,
+    s: &PassSettings,
+) -> Result<Pending> {
     let full = t.full();
     let rs = t.resp_start();
     if rs == 0 {
@@ -109,8 +197,6 @@ pub fn score_sample(
         .map(|&st| t.segment(st, s.segment_len))
         .collect();
     model_tokens += seqs.iter().map(|q| q.len()).sum::<usize>();
-    let seg_resp = t.resp_start() - t.ctx.len() + s.segment_len;
-    let seg_ppl = batched_ppl(long, &seqs, seg_resp, s.max_batch_tokens)?;
     let base = t.ctx_start();
     let seg_attn: Vec<f64> = starts
         .iter()
@@ -119,14 +205,13 @@ pub fn score_sample(
             keys.iter().map(|&a| a as f64).sum::<f64>() / s.segment_len as f64
         })
         .collect();
-    let cas = cas(&seg_ppl, &seg_attn, CamNorm::Softmax);
-    Ok(SampleScores {
+    Ok(Pending {
         ppl_short,
         ppl_long,
-        seg_ppl,
-        seg_attn,
-        cas,
         ppl_alone,
+        seg_attn,
+        seqs,
+        seg_from: t.resp_start() - t.ctx.len() + s.segment_len,
         model_tokens,
     })
 }

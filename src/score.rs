@@ -4,7 +4,8 @@
 use crate::data::{parse_line, LineReader, RawLine, Sample};
 use crate::model;
 use crate::models::{two_phase, Models};
-use crate::passes::score_sample;
+use crate::pack::Packer;
+use crate::passes::{full_passes, SampleScores};
 use crate::progress::Progress;
 use crate::record::{ScoreRecord, Status};
 use crate::settings::{describe, ScoreSettings};
@@ -214,6 +215,7 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
         kept_problems: existing.problems,
         ..Tally::default()
     };
+    let mut packer = packer(&models);
     let mut reader = LineReader::open(&s.data)?;
     loop {
         let mut chunk = Vec::with_capacity(PREFETCH);
@@ -238,19 +240,29 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
             .map(|raw| prepare(raw, &long.tokenizer, long.bos, &s))
             .collect::<Result<_>>()?;
         for p in prepared {
-            let (record, tokens) = match p {
-                Prepared::Failed(r) => (r, 0),
+            let done = match p {
+                Prepared::Failed(r) => vec![(r, 0)],
                 Prepared::Ready(sample, t) => match duplicate(&sample, &mut seen) {
-                    Some(r) => (r, 0),
-                    None => score_one(&sample, &t, &models, &s)
-                        .with_context(|| format!("{} line {}", s.data.display(), sample.line))?,
+                    Some(r) => vec![(r, 0)],
+                    None => {
+                        let line = sample.line;
+                        score_one(sample, t, &models, &s, &mut packer)
+                            .with_context(|| format!("{} line {line}", s.data.display()))?
+                    }
                 },
             };
-            write_record(&mut out, &record, &s.out)?;
-            report(&record, &mut tally, &progress, &s)?;
-            tally.tokens += tokens as u64;
-            progress.advance(tokens as u64);
+            for (record, tokens) in done {
+                emit(&mut out, &record, tokens, &mut tally, &mut progress, &s)?;
+            }
         }
+    }
+    for (record, tokens) in
+        flush(&models, &s, &mut packer).with_context(|| format!("{}", s.data.display()))?
+    {
+        emit(&mut out, &record, tokens, &mut tally, &mut progress, &s)?;
+    }
+    if let Some(msg) = packer.summary().filter(|_| !s.quiet) {
+        progress.println(&format!("gateau score: {msg}"));
     }
     if two_phases {
         crate::short_pass::done(&s);
@@ -344,15 +356,53 @@ pub(crate) fn duplicate(sample: &Sample, seen: &mut HashMap<String, u64>) -> Opt
     None
 }
 
+/// A sample waiting for its segment passes, with what its record needs.
+pub(crate) type Packed = Packer<(Sample, Tokens)>;
+
+/// The packer of one device: `--pack-below` and the batch budget resolved there.
+pub(crate) fn packer(models: &Models) -> Packed {
+    Packer::new(models.pack_below, models.batch_tokens)
+}
+
+/// Scores one sample; its record comes back at once, or (a small sample) with those of a
+/// packed batch, from this call or a later one or from [`flush`].
 pub(crate) fn score_one(
-    sample: &Sample,
-    t: &Tokens,
+    sample: Sample,
+    t: Tokens,
     models: &Models,
     s: &ScoreSettings,
-) -> Result<(ScoreRecord, usize)> {
+    packer: &mut Packed,
+) -> Result<Vec<(ScoreRecord, usize)>> {
     let short = models.short_for(sample.line)?;
     let passes = s.passes(models.batch_tokens);
-    let sc = score_sample(&models.long.llama, &short, t, &passes)?;
+    let p = full_passes(&models.long.llama, &short, &t, &passes)?;
+    let line = sample.line;
+    let done = packer.add(&models.long.llama, line, (sample, t), p)?;
+    Ok(done
+        .into_iter()
+        .map(|((sample, t), sc)| record_of(&sample, &t, sc, s))
+        .collect())
+}
+
+/// The records of the samples still waiting in `packer`.
+pub(crate) fn flush(
+    models: &Models,
+    s: &ScoreSettings,
+    packer: &mut Packed,
+) -> Result<Vec<(ScoreRecord, usize)>> {
+    Ok(packer
+        .flush(&models.long.llama)?
+        .into_iter()
+        .map(|((sample, t), sc)| record_of(&sample, &t, sc, s))
+        .collect())
+}
+
+fn record_of(
+    sample: &Sample,
+    t: &Tokens,
+    sc: SampleScores,
+    s: &ScoreSettings,
+) -> (ScoreRecord, usize) {
     if !(sc.ppl_long.is_finite() && sc.ppl_short.is_finite())
         || sc.ppl_alone.is_some_and(|p| !p.is_finite())
         || sc.seg_ppl.iter().any(|p| !p.is_finite())
@@ -363,7 +413,7 @@ pub(crate) fn score_one(
             Status::Bad,
             "non-finite perplexity (the model's output overflowed)".into(),
         );
-        return Ok((r, sc.model_tokens));
+        return (r, sc.model_tokens);
     }
     let mut r = ScoreRecord::failed(sample.id.clone(), sample.line, Status::Ok, String::new());
     r.error = None;
@@ -379,7 +429,23 @@ pub(crate) fn score_one(
     r.seg_attn = Some(sc.seg_attn);
     r.cas = Some(sc.cas);
     r.ppl_alone = sc.ppl_alone;
-    Ok((r, sc.model_tokens))
+    (r, sc.model_tokens)
+}
+
+/// Writes a finished sample's record and accounts for it.
+pub(crate) fn emit(
+    out: &mut File,
+    record: &ScoreRecord,
+    tokens: usize,
+    tally: &mut Tally,
+    progress: &mut Progress,
+    s: &ScoreSettings,
+) -> Result<()> {
+    write_record(out, record, &s.out)?;
+    report(record, tally, progress, s)?;
+    tally.tokens += tokens as u64;
+    progress.advance(tokens as u64);
+    Ok(())
 }
 
 pub(crate) fn write_record(out: &mut File, r: &ScoreRecord, path: &Path) -> Result<()> {

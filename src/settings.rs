@@ -30,6 +30,7 @@ pub struct ConfigFile {
     pub segment_len: Option<usize>,
     pub max_segments: Option<usize>,
     pub max_batch_tokens: Option<usize>,
+    pub pack_below: Option<usize>,
     pub alpha: Option<f64>,
     pub ratio: Option<f64>,
     pub top: Option<usize>,
@@ -115,6 +116,8 @@ pub struct ScoreSettings {
     pub max_segments: usize,
     /// None: picked from free device memory once the models are loaded.
     pub max_batch_tokens: Option<usize>,
+    /// None: the device's default ([`crate::memory::default_pack_below`]).
+    pub pack_below: Option<usize>,
     pub phases: crate::memory::Phases,
     pub with_ifd: bool,
     pub template: Template,
@@ -269,6 +272,7 @@ impl ScoreSettings {
                 .or(c.max_batch_tokens)
                 .map(|v| positive(v, "--max-batch-tokens"))
                 .transpose()?,
+            pack_below: p.pack_below.or(c.pack_below),
             phases: p.phases.or(c.phases).unwrap_or(crate::memory::Phases::Auto),
             with_ifd: a.with_ifd || c.with_ifd.unwrap_or(false),
             template: c.template.unwrap_or_default(),
@@ -485,6 +489,7 @@ pub fn bench_settings(a: &crate::cli::BenchArgs) -> Result<crate::bench::BenchSe
         dtype: resolve_dtype(a.dtype, &device),
         json: a.json.clone(),
         profile: a.profile,
+        small_segments: a.small_segments,
     })
 }
 

@@ -13,8 +13,8 @@ use crate::models::Models;
 use crate::progress::Progress;
 use crate::record::ScoreRecord;
 use crate::score::{
-    already_done, duplicate, open_output, prepare, report, score_one, summarize, write_record,
-    Prepared, Tally,
+    already_done, duplicate, emit, flush, open_output, packer, prepare, report, score_one,
+    summarize, write_record, Prepared, Tally,
 };
 use crate::settings::{describe, resolve_dtype, ScoreSettings};
 use crate::template::tokenize;
@@ -113,6 +113,13 @@ fn worker(
             return;
         }
     };
+    let mut packer = packer(&models);
+    let send = |r: Result<Vec<(ScoreRecord, usize)>>| match r {
+        Ok(done) => done
+            .into_iter()
+            .all(|d| tx.send(Msg::Done(Ok(Box::new(d)))).is_ok()),
+        Err(e) => tx.send(Msg::Done(Err(e))).is_ok(),
+    };
     while !stop.load(Ordering::Relaxed) {
         let i = next.fetch_add(1, Ordering::Relaxed);
         let Some(job) = jobs.get(i) else { break };
@@ -127,11 +134,21 @@ fn worker(
                 s.max_len,
             )?
             .map_err(|e| anyhow!("{e}"))?;
-            score_one(&sample, &t, &models, s)
+            score_one(sample, t, &models, s, &mut packer)
         })
         .with_context(|| format!("{} line {} (on {choice})", s.data.display(), job.line));
-        if tx.send(Msg::Done(r.map(Box::new))).is_err() {
-            break;
+        if !send(r) {
+            return;
+        }
+    }
+    // The small samples still waiting; a stopped run drops them (they get no record, and
+    // the run fails, so --resume scores them).
+    if !stop.load(Ordering::Relaxed) {
+        let r = guarded(|| flush(&models, s, &mut packer))
+            .with_context(|| format!("{} (on {choice})", s.data.display()));
+        send(r);
+        if let Some(msg) = packer.summary().filter(|_| !s.quiet) {
+            eprintln!("gateau score: on {choice}: {msg}");
         }
     }
 }
@@ -234,11 +251,7 @@ pub fn run(s: ScoreSettings) -> Result<std::process::ExitCode> {
             let Msg::Done(r) = msg else { continue };
             let step = r.and_then(|done| {
                 let (record, tokens) = *done;
-                write_record(&mut out, &record, &s.out)?;
-                report(&record, &mut tally, &progress, &s)?;
-                tally.tokens += tokens as u64;
-                progress.advance(tokens as u64);
-                Ok(())
+                emit(&mut out, &record, tokens, &mut tally, &mut progress, &s)
             });
             if let Err(e) = step {
                 stop.store(true, Ordering::Relaxed);

@@ -137,6 +137,41 @@ fn batched_passes_equal_one_at_a_time() {
     }
 }
 
+/// Sequences of different lengths packed into one row: each sequence's NLL equals the
+/// plain-loop reference on that sequence alone (positions restart, no attention across),
+/// in both attention layouts; and a bad request names what is wrong.
+#[test]
+fn packed_sequences_match_naive_one_by_one() {
+    let dir = tmp();
+    let tiny = Tiny::random(17, 4, 2, false);
+    tiny.write(dir.path(), false);
+    let mut m = load(dir.path(), None);
+    let seqs: Vec<(Vec<u32>, usize)> = [(40, 25), (23, 7), (61, 1), (40, 39), (5, 2)]
+        .iter()
+        .enumerate()
+        .map(|(i, &(n, from))| (tokens(200 + i as u64, n), from))
+        .collect();
+    let req: Vec<(&[u32], usize)> = seqs.iter().map(|(t, f)| (t.as_slice(), *f)).collect();
+    for split in [false, true] {
+        m.llama.set_split_attention(split);
+        let got = m.llama.forward_packed(&req).unwrap();
+        assert_eq!(got.len(), seqs.len());
+        for (i, ((seq, from), nll)) in seqs.iter().zip(&got).enumerate() {
+            let want = tiny.naive(seq, tiny.rope_theta).nll(seq, *from);
+            assert_eq!(nll.len(), want.len(), "seq {i}");
+            for (a, b) in nll.iter().zip(&want) {
+                assert!(
+                    (*a as f64 - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "split {split} seq {i}: {a} vs {b}"
+                );
+            }
+        }
+    }
+    let err = m.llama.forward_packed(&[(&seqs[0].0, 40)]).unwrap_err();
+    assert!(format!("{err:#}").contains("1..40"), "{err:#}");
+    assert!(m.llama.forward_packed(&[]).is_err());
+}
+
 #[test]
 fn missing_weight_file_names_it() {
     let dir = tmp();

@@ -293,7 +293,7 @@ fn strict_stops_at_the_first_bad_line() {
     );
 }
 
-fn by_line(recs: Vec<ScoreRecord>) -> std::collections::BTreeMap<u64, ScoreRecord> {
+pub fn by_line(recs: Vec<ScoreRecord>) -> std::collections::BTreeMap<u64, ScoreRecord> {
     let mut m = std::collections::BTreeMap::new();
     for r in recs {
         assert!(m.insert(r.line, r).is_none(), "a line appears twice");
@@ -419,7 +419,7 @@ fn resume_still_catches_duplicates_of_kept_records() {
 }
 
 /// The same arguments with two CPU workers instead of `--device cpu`.
-fn with_workers(args: Vec<String>) -> Vec<String> {
+pub fn with_workers(args: Vec<String>) -> Vec<String> {
     let mut out = Vec::new();
     let mut it = args.into_iter();
     while let Some(a) = it.next() {

@@ -4,6 +4,7 @@ mod common;
 mod forward;
 mod gguf;
 mod hub;
+mod packing;
 mod reports;
 mod score_cli;
 mod select_cli;

@@ -4,7 +4,9 @@
 //! Layout mirrors HF checkpoints (`model.layers.N.self_attn.q_proj`, ...), so the same code
 //! loads safetensors folders and (renamed, un-permuted) GGUF tensors.
 
-use super::attention::{capture_mass_thd, causal_attention, fused_available, fused_causal, Plan};
+use super::attention::{
+    capture_mass_thd, causal_attention, fused_available, fused_causal, Packing, Plan, Span,
+};
 use super::config::ModelConfig;
 use super::fused;
 use super::profile::op;
@@ -147,6 +149,16 @@ impl Llama {
         fused::rms_norm_to(x, w, self.cfg.rms_norm_eps as f32, self.dtype)
     }
 
+    fn check_vocab<'t>(&self, mut tokens: impl Iterator<Item = &'t u32>) -> Result<()> {
+        if let Some(bad) = tokens.find(|&&x| x as usize >= self.cfg.vocab_size) {
+            bail!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                self.cfg.vocab_size
+            );
+        }
+        Ok(())
+    }
+
     fn check(&self, tokens: &[Vec<u32>], score_from: usize) -> Result<(usize, usize)> {
         let b = tokens.len();
         let t = tokens.first().map_or(0, |s| s.len());
@@ -159,32 +171,27 @@ impl Llama {
         if score_from == 0 || score_from >= t {
             bail!("scored positions must start in 1..{t}, got {score_from}");
         }
-        if let Some(bad) = tokens
-            .iter()
-            .flatten()
-            .find(|&&x| x as usize >= self.cfg.vocab_size)
-        {
-            bail!(
-                "token id {bad} is outside the model's vocabulary of {}",
-                self.cfg.vocab_size
-            );
-        }
+        self.check_vocab(tokens.iter().flatten())?;
         Ok((b, t))
     }
 
-    /// The decoder stack: final-normed hidden states of the rows that predict the scored
-    /// tokens `[B, T - score_from, D]`, and the captured attention mass `[B, T]` (summed).
+    /// The decoder stack over `ids` laid out as `b` rows of `t` tokens: the final f32
+    /// residual stream `[B, T, D]` and, with `capture_from`, the attention mass `[B, T]`
+    /// (summed) of the rows from there on. With `packed` spans (`b` = 1), every span is its
+    /// own sequence: positions restart at 0 and attention stays inside the span.
     fn trunk(
         &self,
-        tokens: &[Vec<u32>],
-        score_from: usize,
-        capture: bool,
+        ids: Vec<u32>,
+        (b, t): (usize, usize),
+        packed: Option<&[Span]>,
+        capture_from: Option<usize>,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (b, t) = self.check(tokens, score_from)?;
         let c = &self.cfg;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat, b * t, &self.device)?;
+        if packed.is_some() && (b != 1 || capture_from.is_some()) {
+            bail!("packed sequences go in one row and capture no attention");
+        }
+        let ids = Tensor::from_vec(ids, b * t, &self.device)?;
         // The residual stream stays f32 whatever the compute dtype: in bf16 each of the
         // 2 x layers additions would round it again (measured on SmolLM2: 2.9% ppl drift).
         // Updated in place by `fused::add_into`; its storage is the gathered rows' own (fresh,
@@ -194,8 +201,22 @@ impl Llama {
             .index_select(&ids, 0)?
             .reshape((b, t, c.hidden_size))?
             .to_dtype(DType::F32)?;
-        let (cos, sin) = self.rope_tables(t)?;
-        let plan = Plan::new(b, nh, t, capture.then_some(score_from), &self.device)?;
+        let (cos, sin) = match packed {
+            None => self.rope_tables(t)?,
+            Some(spans) => {
+                let longest = spans.iter().map(|s| s.len).max().unwrap_or(0);
+                let (cos, sin) = self.rope_tables(longest)?;
+                let pos: Vec<u32> = spans.iter().flat_map(|s| 0..s.len as u32).collect();
+                let pos = Tensor::from_vec(pos, t, &self.device)?;
+                (cos.index_select(&pos, 0)?, sin.index_select(&pos, 0)?)
+            }
+        };
+        let plan = Plan::new(b, nh, t, capture_from, &self.device)?;
+        let packing = match packed {
+            Some(spans) => Some(Packing::new(spans, nh, &self.device)?),
+            None => None,
+        };
+        let capture = capture_from.is_some();
         let mut mass: Option<Tensor> = None;
         let dev = &self.device;
         for layer in &self.layers {
@@ -222,7 +243,10 @@ impl Llama {
                     })?),
                     false => None,
                 };
-                let out = op(dev, "attention", || fused_causal(&q, &k, &v))?;
+                let out = op(dev, "attention", || match &packing {
+                    None => fused_causal(&q, &k, &v),
+                    Some(p) => p.causal_thd(&q, &k, &v),
+                })?;
                 (out.reshape((b, t, nh * hd))?, m)
             } else {
                 let heads = |lin: &Linear, n: usize| proj(lin, n)?.transpose(1, 2)?.contiguous();
@@ -239,8 +263,9 @@ impl Llama {
                         candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
                     ))
                 })?;
-                let a = op(dev, "attention (+capture)", || {
-                    causal_attention(&q, &k, &v, &plan)
+                let a = op(dev, "attention (+capture)", || match &packing {
+                    None => causal_attention(&q, &k, &v, &plan),
+                    Some(p) => p.causal(&q, &k, &v),
                 })?;
                 let out = a.out.transpose(1, 2)?.reshape((b, t, nh * hd))?;
                 (out, a.mass)
@@ -265,12 +290,20 @@ impl Llama {
                 op(dev, "residual_add", || fused::add_into(&x, &y))
             })?;
         }
-        // Position p predicts token p + 1: the scored tokens score_from..T come from the
-        // hidden states at score_from-1..T-1. Only those rows reach the vocabulary, and they
-        // stay f32 (see `logits`).
-        let rows = x.narrow(1, score_from - 1, t - score_from)?.contiguous()?;
-        let hidden = candle_nn::ops::rms_norm(&rows, &self.norm, c.rms_norm_eps as f32)?;
-        Ok((hidden, mass))
+        Ok((x, mass))
+    }
+
+    /// Final RMSNorm of the rows that predict scored tokens: position p predicts token
+    /// p + 1, so the tokens `from..end` of a span come from the rows `from-1..end-1`.
+    /// Only those rows reach the vocabulary, and they stay f32 (see `logits`).
+    fn scored_rows(&self, x: &Tensor, dim: usize, ranges: &[(usize, usize)]) -> Result<Tensor> {
+        let parts = ranges
+            .iter()
+            .map(|&(from, end)| x.narrow(dim, from - 1, end - from))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let rows = Tensor::cat(&parts, dim)?.contiguous()?;
+        let eps = self.cfg.rms_norm_eps as f32;
+        Ok(candle_nn::ops::rms_norm(&rows, &self.norm, eps)?)
     }
 
     /// The head in f32, for one forward pass: a bf16 product would round every logit to
@@ -285,6 +318,30 @@ impl Llama {
         rows.matmul(&head32.t()?)
     }
 
+    /// `-log p` of `targets` from their f32 hidden rows `[n, D]`, in chunks of logits.
+    fn nll(&self, hidden: &Tensor, targets: &[u32], head32: &Tensor) -> Result<Vec<f32>> {
+        let r = targets.len();
+        let rows = (LOGIT_BUDGET / self.cfg.vocab_size).max(1);
+        let mut out = Vec::with_capacity(r);
+        let mut s = 0;
+        while s < r {
+            let n = rows.min(r - s);
+            let logp = op(&self.device, "logits+log_softmax", || {
+                let logits = self.logits(&hidden.narrow(0, s, n)?, head32)?;
+                candle_nn::ops::log_softmax(&logits, D::Minus1)
+            })?;
+            let target = Tensor::from_vec(targets[s..s + n].to_vec(), (n, 1), &self.device)?;
+            out.extend(
+                logp.gather(&target, 1)?
+                    .squeeze(1)?
+                    .neg()?
+                    .to_vec1::<f32>()?,
+            );
+            s += n;
+        }
+        Ok(out)
+    }
+
     /// Runs `tokens` (`B` sequences of equal length `T`) and scores positions
     /// `score_from..T`; with `capture`, also returns the attention those rows pay to each key.
     pub fn forward(
@@ -293,37 +350,19 @@ impl Llama {
         score_from: usize,
         capture: bool,
     ) -> Result<ForwardOutput> {
-        let (hidden, mass) = self.trunk(tokens, score_from, capture)?;
-        let c = &self.cfg;
-        let r = hidden.dim(1)?;
-        let rows = (LOGIT_BUDGET / c.vocab_size).max(1);
+        let (b, t) = self.check(tokens, score_from)?;
+        let ids = tokens.iter().flatten().copied().collect();
+        let (x, mass) = self.trunk(ids, (b, t), None, capture.then_some(score_from))?;
+        let hidden = self.scored_rows(&x, 1, &[(score_from, t)])?;
+        let r = t - score_from;
         let head32 = self.head32()?;
-        let mut nll = Vec::with_capacity(tokens.len());
+        let mut nll = Vec::with_capacity(b);
         for (bi, seq) in tokens.iter().enumerate() {
-            let hb = hidden.get(bi)?;
-            let mut out = Vec::with_capacity(r);
-            let mut s = 0;
-            while s < r {
-                let n = rows.min(r - s);
-                let logp = op(&self.device, "logits+log_softmax", || {
-                    let logits = self.logits(&hb.narrow(0, s, n)?, &head32)?;
-                    candle_nn::ops::log_softmax(&logits, D::Minus1)
-                })?;
-                let target = seq[score_from + s..score_from + s + n].to_vec();
-                let target = Tensor::from_vec(target, (n, 1), &self.device)?;
-                out.extend(
-                    logp.gather(&target, 1)?
-                        .squeeze(1)?
-                        .neg()?
-                        .to_vec1::<f32>()?,
-                );
-                s += n;
-            }
-            nll.push(out);
+            nll.push(self.nll(&hidden.get(bi)?, &seq[score_from..], &head32)?);
         }
         let attention = match mass {
             Some(m) => {
-                let denom = (c.num_layers * c.num_heads * r) as f64;
+                let denom = (self.cfg.num_layers * self.cfg.num_heads * r) as f64;
                 Some((m / denom)?.to_vec2::<f32>()?)
             }
             None => None,
@@ -331,11 +370,53 @@ impl Llama {
         Ok(ForwardOutput { nll, attention })
     }
 
+    /// Runs sequences of any lengths packed into one row (no padding: each attends only to
+    /// itself, positions restart at 0) and returns, per sequence `(tokens, score_from)`, the
+    /// NLL of positions `score_from..len`. Equal to [`Llama::forward`] on each alone, up to
+    /// the summation order of the matrix products.
+    pub fn forward_packed(&self, seqs: &[(&[u32], usize)]) -> Result<Vec<Vec<f32>>> {
+        if seqs.is_empty() {
+            bail!("forward pass over an empty batch");
+        }
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut ranges = Vec::with_capacity(seqs.len());
+        let mut start = 0;
+        for &(tok, from) in seqs {
+            if from == 0 || from >= tok.len() {
+                bail!(
+                    "scored positions must start in 1..{}, got {from}",
+                    tok.len()
+                );
+            }
+            spans.push(Span {
+                start,
+                len: tok.len(),
+            });
+            ranges.push((start + from, start + tok.len()));
+            start += tok.len();
+        }
+        self.check_vocab(seqs.iter().flat_map(|s| s.0.iter()))?;
+        let ids = seqs.iter().flat_map(|s| s.0.iter().copied()).collect();
+        let (x, _) = self.trunk(ids, (1, start), Some(&spans), None)?;
+        let hidden = self.scored_rows(&x.squeeze(0)?, 0, &ranges)?;
+        let head32 = self.head32()?;
+        let mut row = 0;
+        let mut nll = Vec::with_capacity(seqs.len());
+        for &(tok, from) in seqs {
+            let n = tok.len() - from;
+            nll.push(self.nll(&hidden.narrow(0, row, n)?, &tok[from..], &head32)?);
+            row += n;
+        }
+        Ok(nll)
+    }
+
     /// The f32 logits at the rows predicting positions `score_from..T` of one sequence
     /// (for inspection and tests; scoring never materializes them all at once).
     pub fn scored_logits(&self, tokens: &[u32], score_from: usize) -> Result<Vec<Vec<f32>>> {
         let seq = [tokens.to_vec()];
-        let (hidden, _) = self.trunk(&seq, score_from, false)?;
+        let (b, t) = self.check(&seq, score_from)?;
+        let (x, _) = self.trunk(tokens.to_vec(), (b, t), None, None)?;
+        let hidden = self.scored_rows(&x, 1, &[(score_from, t)])?;
         Ok(self
             .logits(&hidden.get(0)?, &self.head32()?)?
             .to_vec2::<f32>()?)
