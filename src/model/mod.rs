@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod hub;
 pub mod llama;
+pub mod packing;
 pub mod profile;
 
 use anyhow::{anyhow, bail, Context, Result};
