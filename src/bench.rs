@@ -5,7 +5,7 @@
 //! (../shared/bench/torch_pipeline_bench.py) counts them, so the two compare directly.
 
 use crate::model::{open_device, profile, DeviceChoice, Llama, ModelConfig};
-use crate::passes::batch_ranges;
+use crate::passes::{batch_ranges, pack_rows};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -363,16 +363,8 @@ fn small_samples(
             .iter()
             .flat_map(|(seqs, from)| seqs.iter().map(move |q| (q.as_slice(), *from)))
             .collect();
-        let mut start = 0;
-        while start < all.len() {
-            let mut end = start + 1;
-            let mut n = all[start].0.len();
-            while end < all.len() && n + all[end].0.len() <= s.max_batch_tokens {
-                n += all[end].0.len();
-                end += 1;
-            }
-            model.forward_packed(&all[start..end])?;
-            start = end;
+        for r in pack_rows(all.iter().map(|x| x.0.len()), s.max_batch_tokens) {
+            model.forward_packed(&all[r])?;
         }
         Ok(())
     });

@@ -53,6 +53,29 @@ pub fn batch_ranges(n: usize, seq_len: usize, budget: usize) -> Vec<std::ops::Ra
     (0..n).step_by(per).map(|s| s..(s + per).min(n)).collect()
 }
 
+/// Consecutive sequences of the given lengths grouped into rows of at most `budget` tokens
+/// (a longer sequence gets a row of its own), in order.
+pub fn pack_rows(
+    lens: impl IntoIterator<Item = usize>,
+    budget: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut rows: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut tokens = 0;
+    for (i, n) in lens.into_iter().enumerate() {
+        match rows.last_mut() {
+            Some(r) if tokens + n <= budget => {
+                r.end = i + 1;
+                tokens += n;
+            }
+            _ => {
+                rows.push(i..i + 1);
+                tokens = n;
+            }
+        }
+    }
+    rows
+}
+
 /// Response perplexities of equal-length sequences whose responses start at `resp_start`.
 pub fn batched_ppl(
     model: &Llama,
@@ -88,22 +111,14 @@ pub fn packed_ppl(
         .iter()
         .map(|p| Vec::with_capacity(p.seqs.len()))
         .collect();
-    let mut start = 0;
-    let mut passes = 0;
-    while start < all.len() {
-        passes += 1;
-        let mut end = start + 1;
-        let mut tokens = all[start].1.len();
-        while end < all.len() && tokens + all[end].1.len() <= budget {
-            tokens += all[end].1.len();
-            end += 1;
-        }
-        let row: Vec<(&[u32], usize)> = all[start..end].iter().map(|x| (x.1, x.2)).collect();
-        for (x, nll) in all[start..end].iter().zip(model.forward_packed(&row)?) {
+    let rows = pack_rows(all.iter().map(|x| x.1.len()), budget);
+    for r in &rows {
+        let row: Vec<(&[u32], usize)> = all[r.clone()].iter().map(|x| (x.1, x.2)).collect();
+        for (x, nll) in all[r.clone()].iter().zip(model.forward_packed(&row)?) {
             out[x.0].push(ppl(&nll));
         }
-        start = end;
     }
+    let passes = rows.len();
     Ok((out, passes))
 }
 
@@ -246,5 +261,13 @@ mod tests {
         assert_eq!(batch_ranges(5, 100, 250), vec![0..2, 2..4, 4..5]);
         assert_eq!(batch_ranges(2, 1000, 10), vec![0..1, 1..2]);
         assert!(batch_ranges(0, 10, 10).is_empty());
+    }
+
+    #[test]
+    fn packed_rows_fill_the_budget_in_order() {
+        assert_eq!(pack_rows([3, 4, 2, 9, 1, 1], 9), vec![0..3, 3..4, 4..6]);
+        assert_eq!(pack_rows([12, 5], 10), vec![0..1, 1..2]);
+        assert_eq!(pack_rows([5, 5, 5], 10), vec![0..2, 2..3]);
+        assert!(pack_rows([], 10).is_empty());
     }
 }

@@ -101,20 +101,8 @@ impl Packing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::attention::tests::max_diff;
     use candle_core::DType;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Packed spans: each span's output is that of the span attended alone.
     fn packed_case(dt: DType, dev: &Device) -> (Tensor, Tensor, Tensor, Vec<Span>) {
