@@ -68,6 +68,7 @@ pub struct BenchSettings {
     pub warmup: usize,
     pub device: DeviceChoice,
     pub dtype: DType,
+    pub attention: crate::model::kernel::AttentionKernel,
     pub json: Option<std::path::PathBuf>,
     pub profile: bool,
     pub small_segments: usize,
@@ -78,6 +79,8 @@ pub struct PhaseResult {
     pub shape: Shape,
     pub ctx: usize,
     pub phase: String,
+    /// The attention kernel that ran (`--attention`, resolved).
+    pub attention: crate::model::kernel::AttentionKernel,
     pub tokens: usize,
     pub seconds: f64,
     pub tokens_per_s: f64,
@@ -188,9 +191,10 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
     }
     let cfg = s.shape.config();
     crate::model::configure_matmul(s.dtype);
+    let attention = crate::model::kernel::configure(s.attention)?;
     let peak = matmul_peak(&device, s.dtype)?;
     eprintln!(
-        "gateau bench: {:?} on {device:?} {:?}: matmul {peak:.1} TFLOP/s",
+        "gateau bench: {:?} on {device:?} {:?}, attention {attention}: matmul {peak:.1} TFLOP/s",
         s.shape, s.dtype
     );
     let model = random_model(&cfg, &device, s.dtype)?;
@@ -288,6 +292,7 @@ fn measure(
         shape: s.shape,
         ctx,
         phase: name,
+        attention: crate::model::kernel::current(),
         tokens,
         seconds: secs,
         tokens_per_s: tokens as f64 / secs,
@@ -435,6 +440,7 @@ mod tests {
             warmup: 0,
             device: DeviceChoice::Cpu,
             dtype: DType::F32,
+            attention: crate::model::kernel::AttentionKernel::Auto,
             json: None,
             profile: true,
             small_segments: 3,

@@ -77,6 +77,9 @@ pub struct BenchArgs {
     /// Compute dtype [default: bf16 on CUDA, f32 on CPU].
     #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
+    /// Kernel for the causal attention outputs on CUDA with bf16/f16 (as in `score`).
+    #[arg(long, value_enum, value_name = "KERNEL", default_value = "auto")]
+    pub attention: crate::model::kernel::AttentionKernel,
     /// Also write the JSON lines to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -149,6 +152,11 @@ pub struct ModelArgs {
     /// Softmax, log-softmax, NLL and attention capture are f32 in every case.
     #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
+    /// Kernel for the causal attention outputs on CUDA with bf16/f16 [default: auto].
+    /// cuDNN is loaded at run time from libcudnn.so.9 on the library path, or the file
+    /// named by $GATEAU_CUDNN_LIB.
+    #[arg(long, value_enum, value_name = "KERNEL")]
+    pub attention: Option<crate::model::kernel::AttentionKernel>,
 }
 
 /// Sequence lengths and batching.

@@ -167,12 +167,13 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
     let (device, hint) = model::open_device(&s.device.parse().map_err(|e: String| anyhow!(e))?)?;
     let dtype = crate::settings::resolve_dtype(s.dtype, &device);
     model::configure_matmul(dtype);
+    let attention = model::kernel::configure(s.attention)?;
     if !s.quiet {
         if let Some(h) = hint {
             eprintln!("gateau: {h}");
         }
         eprintln!("gateau score: settings {}", describe(&s));
-        eprintln!("gateau score: device {device:?}, dtype {dtype:?}");
+        eprintln!("gateau score: device {device:?}, dtype {dtype:?}, attention {attention}");
     }
     let started = Instant::now();
     let (mut out, existing) = open_output(&s.out, s.resume, s.overwrite)?;

@@ -26,6 +26,7 @@ pub struct ConfigFile {
     pub tokenizer: Option<PathBuf>,
     pub device: Option<String>,
     pub dtype: Option<DTypeArg>,
+    pub attention: Option<crate::model::kernel::AttentionKernel>,
     pub max_len: Option<usize>,
     pub segment_len: Option<usize>,
     pub max_segments: Option<usize>,
@@ -111,6 +112,7 @@ pub struct ScoreSettings {
     /// One worker per entry when there are several (`--devices`).
     pub devices: Vec<String>,
     pub dtype: Option<DTypeArg>,
+    pub attention: crate::model::kernel::AttentionKernel,
     pub max_len: usize,
     pub segment_len: usize,
     pub max_segments: usize,
@@ -258,6 +260,10 @@ impl ScoreSettings {
             device: devices[0].clone(),
             devices,
             dtype: m.dtype.or(c.dtype),
+            attention: m
+                .attention
+                .or(c.attention)
+                .unwrap_or(crate::model::kernel::AttentionKernel::Auto),
             max_len: positive(need(p.max_len.or(c.max_len), "--max-len")?, "--max-len")?,
             segment_len: positive(
                 need(p.segment_len.or(c.segment_len), "--segment-len")?,
@@ -487,6 +493,7 @@ pub fn bench_settings(a: &crate::cli::BenchArgs) -> Result<crate::bench::BenchSe
         warmup: a.warmup,
         device: a.device.clone(),
         dtype: resolve_dtype(a.dtype, &device),
+        attention: a.attention,
         json: a.json.clone(),
         profile: a.profile,
         small_segments: a.small_segments,

@@ -160,10 +160,11 @@ pub fn run(s: ScoreSettings) -> Result<std::process::ExitCode> {
              --shard I/N (each may use two phases)"
         );
     }
+    let attention = crate::model::kernel::configure(s.attention)?;
     if !s.quiet {
         eprintln!("gateau score: settings {}", describe(&s));
         eprintln!(
-            "gateau score: {} workers on {}",
+            "gateau score: {} workers on {}, attention {attention}",
             s.devices.len(),
             s.devices.join(", ")
         );

@@ -499,3 +499,37 @@ fn cpu_workers_equal_one_device_longest_first_and_resumable() {
     assert_eq!(score(&args).status.code(), Some(2));
     assert_same_records(&a, &by_line(read_jsonl(&part)));
 }
+
+/// `--attention` (flag or config key) naming a kernel this build lacks stops before any
+/// output, naming the feature to build with; in a CPU build both fused kernels are missing.
+#[test]
+fn attention_kernels_missing_from_the_build_are_named() {
+    let f = Fixture::new(1);
+    let out = f.path("scores.jsonl");
+    let config = f.path("cudnn.json");
+    std::fs::write(&config, r#"{"attention": "cudnn"}"#).unwrap();
+    let cases: [(&[&str], &str, bool); 3] = [
+        (&["--attention", "cudnn"], "cudnn", cfg!(feature = "cudnn")),
+        (
+            &["--attention", "flash"],
+            "flash-attn",
+            cfg!(feature = "flash-attn"),
+        ),
+        (&["--config", p(&config)], "cudnn", cfg!(feature = "cudnn")),
+    ];
+    for (extra, feature, built) in cases {
+        if built {
+            continue;
+        }
+        let mut args = f.args(&out);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let o = score(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {err}");
+        assert!(
+            err.contains(&format!("--features {feature}")),
+            "{extra:?}: {err}"
+        );
+        assert!(!out.exists(), "{extra:?} wrote {}", out.display());
+    }
+}

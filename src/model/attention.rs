@@ -237,31 +237,10 @@ pub fn causal_attention(
     Ok(AttentionOutput { out, mass })
 }
 
-/// Causal attention in the `[B, T, H, hd]` layout, output only: flash attention on CUDA
-/// when built with `flash-attn` (bf16/f16), else the chunked kernels above.
-pub fn fused_causal(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
-    #[cfg(feature = "flash-attn")]
-    if q.device().is_cuda() && q.dtype() != DType::F32 {
-        let scale = 1.0 / (q.dim(3)? as f32).sqrt();
-        return candle_flash_attn::flash_attn(q, k, v, scale, true);
-    }
-    let (b, t, h, _) = q.dims4()?;
-    let heads = |x: &Tensor| x.transpose(1, 2)?.contiguous();
-    let plan = Plan::new(b, h, t, None, q.device())?;
-    causal_attention(&heads(q)?, &heads(k)?, &heads(v)?, &plan)?
-        .out
-        .transpose(1, 2)?
-        .contiguous()
-}
-
-/// Whether [`fused_causal`] runs a fused kernel on this device and dtype.
-pub fn fused_available(device: &Device, dtype: DType) -> bool {
-    cfg!(feature = "flash-attn") && device.is_cuda() && dtype != DType::F32
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::model::kernel::fused_causal;
 
     #[test]
     fn chunks_cover_rows_and_respect_split() {

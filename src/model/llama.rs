@@ -4,9 +4,10 @@
 //! Layout mirrors HF checkpoints (`model.layers.N.self_attn.q_proj`, ...), so the same code
 //! loads safetensors folders and (renamed, un-permuted) GGUF tensors.
 
-use super::attention::{capture_mass_thd, causal_attention, fused_available, fused_causal, Plan};
+use super::attention::{capture_mass_thd, causal_attention, Plan};
 use super::config::ModelConfig;
 use super::fused;
+use super::kernel::{fused_available, fused_causal};
 use super::packing::{Packing, Span};
 use super::profile::op;
 use anyhow::{bail, Result};

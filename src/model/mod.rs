@@ -4,10 +4,13 @@
 pub mod attention;
 pub mod capture;
 pub mod config;
+#[cfg(feature = "cudnn")]
+pub mod cudnn;
 pub mod fused;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod hub;
+pub mod kernel;
 pub mod llama;
 pub mod packing;
 pub mod profile;

@@ -2,7 +2,8 @@
 //! segment passes of small samples run together, see `crate::pack`): each span attends
 //! only to itself.
 
-use super::attention::{causal_attention, fused_causal, AttentionOutput, Plan};
+use super::attention::{causal_attention, AttentionOutput, Plan};
+use super::kernel::fused_causal;
 #[cfg(feature = "flash-attn")]
 use candle_core::DType;
 use candle_core::{Device, Tensor};
@@ -75,10 +76,14 @@ impl Packing {
     }
 
     /// q: `[1, P, H, hd]`, k and v: `[1, P, KV, hd]`: flash attention's variable-length
-    /// kernel where [`fused_causal`] uses flash attention, else span by span.
+    /// kernel when built with flash-attn (also under `--attention cudnn`: one kernel for
+    /// all spans beats a cuDNN graph per span length), else span by span.
     pub fn causal_thd(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
         #[cfg(feature = "flash-attn")]
-        if q.device().is_cuda() && q.dtype() != DType::F32 {
+        if q.device().is_cuda()
+            && q.dtype() != DType::F32
+            && super::kernel::current() != super::kernel::AttentionKernel::Chunked
+        {
             let scale = 1.0 / (q.dim(3)? as f32).sqrt();
             let longest = self.spans.iter().map(|s| s.len).max().unwrap_or(0);
             let (q0, k0, v0) = (q.squeeze(0)?, k.squeeze(0)?, v.squeeze(0)?);
