@@ -173,7 +173,12 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
             eprintln!("gateau: {h}");
         }
         eprintln!("gateau score: settings {}", describe(&s));
-        eprintln!("gateau score: device {device:?}, dtype {dtype:?}, attention {attention}");
+        // The kernel choice only steers CUDA passes; on the CPU it would be noise.
+        let attention = match device.is_cuda() {
+            true => format!(", attention {attention}"),
+            false => String::new(),
+        };
+        eprintln!("gateau score: device {device:?}, dtype {dtype:?}{attention}");
     }
     let started = Instant::now();
     let (mut out, existing) = open_output(&s.out, s.resume, s.overwrite)?;
