@@ -164,6 +164,28 @@ fe::graph::Graph *graph(const GateauSdpa &s, std::string &why) {
     return raw;
 }
 
+// Runs `body` on the cached graph for this shape: 0, or 1 with the message in `err`
+// (cuDNN's errors and any C++ exception, which must not cross into Rust).
+template <class Body>
+int with_graph(const GateauSdpa &s, char *err, size_t n, Body body) {
+    try {
+        std::string why;
+        auto *g = graph(s, why);
+        if (g) {
+            why = body(*g);
+        } else if (why.empty()) {
+            why = "cuDNN: the graph could not be built";
+        }
+        if (why.empty()) {
+            return 0;
+        }
+        set_err(err, n, why);
+    } catch (const std::exception &e) {
+        set_err(err, n, std::string("cuDNN: ") + e.what());
+    }
+    return 1;
+}
+
 }  // namespace
 
 extern "C" {
@@ -193,22 +215,10 @@ int gateau_cudnn_load(const char *path, size_t *version, char *err, size_t n) {
 
 // Builds (or finds) the graph for this shape; its workspace size in bytes.
 int gateau_cudnn_sdpa_prepare(const GateauSdpa *s, int64_t *workspace, char *err, size_t n) {
-    try {
-        std::string why;
-        auto *g = graph(*s, why);
-        if (!g) {
-            set_err(err, n, why);
-            return 1;
-        }
-        if (auto e = g->get_workspace_size(*workspace); e.is_bad()) {
-            set_err(err, n, fe_error(e));
-            return 1;
-        }
-        return 0;
-    } catch (const std::exception &e) {
-        set_err(err, n, std::string("cuDNN: ") + e.what());
-        return 1;
-    }
+    return with_graph(*s, err, n, [&](fe::graph::Graph &g) -> std::string {
+        auto e = g.get_workspace_size(*workspace);
+        return e.is_bad() ? fe_error(e) : std::string();
+    });
 }
 
 // Runs the graph prepared for this shape on `stream`.
@@ -221,30 +231,17 @@ int gateau_cudnn_sdpa_run(const GateauSdpa *s,
                           void *workspace,
                           char *err,
                           size_t n) {
-    try {
-        std::string why;
-        auto *g = graph(*s, why);
-        if (!g) {
-            set_err(err, n, why);
-            return 1;
-        }
+    return with_graph(*s, err, n, [&](fe::graph::Graph &g) -> std::string {
         cudnnHandle_t h = cache().handles.at(s->device);
         if (auto st = fe::detail::set_stream(h, static_cast<cudaStream_t>(stream)); st != CUDNN_STATUS_SUCCESS) {
-            set_err(err, n, "cuDNN: cudnnSetStream failed with status " + std::to_string(static_cast<int>(st)));
-            return 1;
+            return "cuDNN: cudnnSetStream failed with status " + std::to_string(static_cast<int>(st));
         }
         std::unordered_map<int64_t, void *> pack = {{Q_UID, const_cast<void *>(q)},
                                                     {K_UID, const_cast<void *>(k)},
                                                     {V_UID, const_cast<void *>(v)},
                                                     {O_UID, o}};
-        if (auto e = g->execute(h, pack, workspace); e.is_bad()) {
-            set_err(err, n, fe_error(e));
-            return 1;
-        }
-        return 0;
-    } catch (const std::exception &e) {
-        set_err(err, n, std::string("cuDNN: ") + e.what());
-        return 1;
-    }
+        auto e = g.execute(h, pack, workspace);
+        return e.is_bad() ? fe_error(e) : std::string();
+    });
 }
 }
