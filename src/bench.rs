@@ -275,6 +275,7 @@ fn measure(
     (tokens, flops): (usize, f64),
     work: &Work,
 ) -> Result<PhaseResult> {
+    crate::model::release_cached_memory(device)?;
     profile::start(false);
     let secs = time(device, s.warmup, s.repeat, work);
     let peak_bytes = profile::stop().peak_bytes;

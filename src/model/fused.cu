@@ -61,12 +61,46 @@ __device__ __forceinline__ float block_sum(float v) {
 }
 
 // out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w, read as f32, written as T: the
-// norm and the cast to the matmul dtype in one pass. One block per row.
+// norm and the cast to the matmul dtype in one pass. One block per row. Rows of up to
+// RMS_VEC x 4 x blockDim floats are read once, as float4, into registers (a scalar loop
+// reading the row twice ran at a third of the memory bandwidth); others take the loop.
+#define RMS_VEC 8
 template <typename T>
 __device__ void rms_norm_to(const float *__restrict__ x, const float *__restrict__ w,
                             T *__restrict__ out, int d, float eps) {
   const float *xr = x + (size_t)blockIdx.x * d;
   T *orow = out + (size_t)blockIdx.x * d;
+  int d4 = d / 4;
+  bool vec = d % 4 == 0 && d4 <= RMS_VEC * (int)blockDim.x && aligned(x, 16) && aligned(w, 16) &&
+             aligned(out, sizeof(Vec<T, 4>));
+  if (vec) {
+    float4 v[RMS_VEC];
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < RMS_VEC; ++j) {
+      int i = threadIdx.x + j * blockDim.x;
+      if (i < d4) {
+        v[j] = reinterpret_cast<const float4 *>(xr)[i];
+        s += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+      }
+    }
+    s = block_sum(s);
+    float m = sqrtf(s / (float)d + eps);
+#pragma unroll
+    for (int j = 0; j < RMS_VEC; ++j) {
+      int i = threadIdx.x + j * blockDim.x;
+      if (i < d4) {
+        float4 g = reinterpret_cast<const float4 *>(w)[i];
+        Vec<T, 4> o;
+        o.v[0] = from_f<T>(v[j].x / m * g.x);
+        o.v[1] = from_f<T>(v[j].y / m * g.y);
+        o.v[2] = from_f<T>(v[j].z / m * g.z);
+        o.v[3] = from_f<T>(v[j].w / m * g.w);
+        reinterpret_cast<Vec<T, 4> *>(orow)[i] = o;
+      }
+    }
+    return;
+  }
   float s = 0.f;
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
     float v = xr[i];
@@ -75,6 +109,108 @@ __device__ void rms_norm_to(const float *__restrict__ x, const float *__restrict
   s = block_sum(s);
   float m = sqrtf(s / (float)d + eps);
   for (int i = threadIdx.x; i < d; i += blockDim.x) orow[i] = from_f<T>(xr[i] / m * w[i]);
+}
+
+// Rotary embedding of x [rows, heads, hd] (rows = B x T, position = row % t) with f32
+// tables cos, sin [t, hd / 2], the halves convention: (x[i], x[i + hd/2]) rotate by angle
+// i. f32 arithmetic, one rounding (candle's rope_thd rounds each product in T and made
+// 2-byte accesses). Each thread rotates V pairs; V = 1 when hd / 2 or a pointer does not
+// allow vectors.
+template <typename T, int V>
+__device__ void rope_pairs(const T *__restrict__ x, const float *__restrict__ cos,
+                           const float *__restrict__ sin, T *__restrict__ out, size_t units,
+                           unsigned t, unsigned heads, unsigned half) {
+  unsigned per_head = half / V;
+  size_t stride = (size_t)blockDim.x * gridDim.x;
+  for (size_t u = (size_t)blockIdx.x * blockDim.x + threadIdx.x; u < units; u += stride) {
+    size_t rh = u / per_head;
+    unsigned j = (unsigned)(u - rh * per_head) * V;
+    size_t row = rh / heads;
+    size_t i1 = rh * 2 * half + j, i2 = i1 + half;
+    size_t cs = (size_t)(row % t) * half + j;
+    Vec<T, V> a = *reinterpret_cast<const Vec<T, V> *>(x + i1);
+    Vec<T, V> b = *reinterpret_cast<const Vec<T, V> *>(x + i2);
+    Vec<float, V> c = *reinterpret_cast<const Vec<float, V> *>(cos + cs);
+    Vec<float, V> s = *reinterpret_cast<const Vec<float, V> *>(sin + cs);
+    Vec<T, V> oa, ob;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      float fa = to_f(a.v[k]), fb = to_f(b.v[k]);
+      oa.v[k] = from_f<T>(fa * c.v[k] - fb * s.v[k]);
+      ob.v[k] = from_f<T>(fa * s.v[k] + fb * c.v[k]);
+    }
+    *reinterpret_cast<Vec<T, V> *>(out + i1) = oa;
+    *reinterpret_cast<Vec<T, V> *>(out + i2) = ob;
+  }
+}
+
+template <typename T>
+__device__ void rope(const T *x, const float *cos, const float *sin, T *out, size_t rows,
+                     unsigned t, unsigned heads, unsigned hd) {
+  constexpr int V = 16 / sizeof(T);
+  unsigned half = hd / 2;
+  size_t pairs = rows * heads * half;
+  if (half % V == 0 && aligned(x, 16) && aligned(out, 16) && aligned(cos, 32) &&
+      aligned(sin, 32))
+    rope_pairs<T, V>(x, cos, sin, out, pairs / V, t, heads, half);
+  else
+    rope_pairs<T, 1>(x, cos, sin, out, pairs, t, heads, half);
+}
+
+// nll[r] = logsumexp(logits[r, :]) - logits[r, target[r]]: log-softmax and the gather in
+// one read of the f32 row (candle's log_softmax made five passes and wrote the row back),
+// with an online maximum. One block per row.
+__device__ __forceinline__ void lse_merge(float &m, float &s, float m2, float s2) {
+  if (m2 == -INFINITY) return;
+  if (m == -INFINITY) {
+    m = m2;
+    s = s2;
+    return;
+  }
+  float hi = fmaxf(m, m2);
+  s = s * expf(m - hi) + s2 * expf(m2 - hi);
+  m = hi;
+}
+
+__device__ __forceinline__ void lse_add(float &m, float &s, float x) {
+  if (x > m) {
+    s = s * expf(m - x) + 1.f;
+    m = x;
+  } else {
+    s += expf(x - m);
+  }
+}
+
+extern "C" __global__ void nll_rows(const float *__restrict__ logits,
+                                    const unsigned *__restrict__ target,
+                                    float *__restrict__ nll, int v) {
+  const float *row = logits + (size_t)blockIdx.x * v;
+  float m = -INFINITY, s = 0.f;
+  if (v % 4 == 0 && aligned(logits, 16)) {
+    for (int i = threadIdx.x; i < v / 4; i += blockDim.x) {
+      float4 q = reinterpret_cast<const float4 *>(row)[i];
+      lse_add(m, s, q.x);
+      lse_add(m, s, q.y);
+      lse_add(m, s, q.z);
+      lse_add(m, s, q.w);
+    }
+  } else {
+    for (int i = threadIdx.x; i < v; i += blockDim.x) lse_add(m, s, row[i]);
+  }
+  for (int o = 16; o > 0; o >>= 1)
+    lse_merge(m, s, __shfl_xor_sync(0xffffffff, m, o), __shfl_xor_sync(0xffffffff, s, o));
+  __shared__ float pm[32], ps[32];
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    pm[warp] = m;
+    ps[warp] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int k = 1; k < (int)((blockDim.x + 31) >> 5); ++k) lse_merge(m, s, pm[k], ps[k]);
+    unsigned t = target[blockIdx.x];
+    nll[blockIdx.x] = t < (unsigned)v ? m + logf(s) - row[t] : NAN;
+  }
 }
 
 // out = silu(a) * b, computed in f32 and rounded once (candle's silu and mul round twice).
@@ -109,6 +245,11 @@ __device__ void silu_mul(const T *__restrict__ a, const T *__restrict__ b, T *__
   }                                                                                          \
   extern "C" __global__ void silu_mul_##NAME(const T *a, const T *b, T *out, size_t n) {      \
     silu_mul<T>(a, b, out, n);                                                               \
+  }                                                                                          \
+  extern "C" __global__ void rope_##NAME(const T *x, const float *cos, const float *sin,      \
+                                         T *out, size_t rows, unsigned t, unsigned heads,     \
+                                         unsigned hd) {                                       \
+    rope<T>(x, cos, sin, out, rows, t, heads, hd);                                           \
   }
 
 FUSED(f32, float)

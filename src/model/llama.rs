@@ -11,7 +11,7 @@ use super::kernel::{fused_available, fused_causal};
 use super::packing::{Packing, Span};
 use super::profile::op;
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 /// Upper bound on the f32 logits of one chunk of scored rows: 128 MiB.
@@ -125,8 +125,8 @@ impl Llama {
         self.dtype
     }
 
-    /// cos and sin tables `[t, head_dim / 2]` in the compute dtype. Angles are formed in
-    /// f64: an f32 `position x frequency` is off by up to 4e-3 rad at 64k positions.
+    /// cos and sin tables `[t, head_dim / 2]` in f32. Angles are formed in f64: an f32
+    /// `position x frequency` is off by up to 4e-3 rad at 64k positions.
     fn rope_tables(&self, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let inv = self.cfg.inv_freq();
         let half = inv.len();
@@ -139,8 +139,8 @@ impl Llama {
                 sin.push(a.sin() as f32);
             }
         }
-        let cos = Tensor::from_vec(cos, (t, half), &self.device)?.to_dtype(self.dtype)?;
-        let sin = Tensor::from_vec(sin, (t, half), &self.device)?.to_dtype(self.dtype)?;
+        let cos = Tensor::from_vec(cos, (t, half), &self.device)?;
+        let sin = Tensor::from_vec(sin, (t, half), &self.device)?;
         Ok((cos, sin))
     }
 
@@ -193,9 +193,10 @@ impl Llama {
         }
         let ids = Tensor::from_vec(ids, b * t, &self.device)?;
         // The residual stream stays f32 whatever the compute dtype: in bf16 each of the
-        // 2 x layers additions would round it again (measured on SmolLM2: 2.9% ppl drift).
-        // Updated in place by `fused::add_into`; its storage is the gathered rows' own (fresh,
-        // held by nothing else), so no weight or cached tensor can change under it.
+        // 2 x layers additions would round it again (measured on SmolLM2: 2.9% ppl drift),
+        // and on CUDA the sublayer products accumulate into it unrounded. Updated in place
+        // by `fused::linear_add_into`; its storage is the gathered rows' own (fresh, held by
+        // nothing else), so no weight or cached tensor can change under it.
         let x = self
             .embed
             .index_select(&ids, 0)?
@@ -210,6 +211,11 @@ impl Llama {
                 let pos = Tensor::from_vec(pos, t, &self.device)?;
                 (cos.index_select(&pos, 0)?, sin.index_select(&pos, 0)?)
             }
+        };
+        // fused::rope reads f32 tables; candle's rope wants them in the dtype of q.
+        let (cos, sin) = match self.split {
+            true => (cos, sin),
+            false => (cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?),
         };
         let plan = Plan::new(b, nh, t, capture_from, &self.device)?;
         let packing = match packed {
@@ -232,10 +238,7 @@ impl Llama {
                     ))
                 })?;
                 let (q, k) = op(dev, "rope", || {
-                    Ok((
-                        candle_nn::rotary_emb::rope_thd(&q, &cos, &sin)?,
-                        candle_nn::rotary_emb::rope_thd(&k, &cos, &sin)?,
-                    ))
+                    Ok((fused::rope(&q, &cos, &sin)?, fused::rope(&k, &cos, &sin)?))
                 })?;
                 let m = match capture {
                     true => Some(op(dev, "attention_capture", || {
@@ -277,8 +280,7 @@ impl Llama {
                 });
             }
             op(dev, "o_proj+residual", || {
-                let y = layer.o.forward(&att)?;
-                op(dev, "residual_add", || fused::add_into(&x, &y))
+                fused::linear_add_into(&x, &att, &layer.o)
             })?;
             let h = op(dev, "rms_norm", || self.rms_norm(&x, &layer.post_norm))?;
             let mlp = op(dev, "mlp_gate_up", || {
@@ -286,8 +288,7 @@ impl Llama {
                 op(dev, "silu_mul", || fused::silu_mul(&g, &u))
             })?;
             op(dev, "mlp_down+residual", || {
-                let y = layer.down.forward(&mlp)?;
-                op(dev, "residual_add", || fused::add_into(&x, &y))
+                fused::linear_add_into(&x, &mlp, &layer.down)
             })?;
         }
         Ok((x, mass))
@@ -318,28 +319,30 @@ impl Llama {
         rows.matmul(&head32.t()?)
     }
 
-    /// `-log p` of `targets` from their f32 hidden rows `[n, D]`, in chunks of logits.
-    fn nll(&self, hidden: &Tensor, targets: &[u32], head32: &Tensor) -> Result<Vec<f32>> {
+    /// `-log p` of `targets` from their f32 hidden rows `[n, D]` (all the scored rows of a
+    /// pass, whatever sequences they belong to), in chunks of logits; one copy to the host.
+    fn nll(&self, hidden: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
+        let head32 = self.head32()?;
         let r = targets.len();
         let rows = (LOGIT_BUDGET / self.cfg.vocab_size).max(1);
-        let mut out = Vec::with_capacity(r);
+        let targets = Tensor::from_slice(targets, r, &self.device)?;
+        let mut parts = Vec::with_capacity(r.div_ceil(rows));
         let mut s = 0;
         while s < r {
             let n = rows.min(r - s);
-            let logp = op(&self.device, "logits+log_softmax", || {
-                let logits = self.logits(&hidden.narrow(0, s, n)?, head32)?;
-                candle_nn::ops::log_softmax(&logits, D::Minus1)
-            })?;
-            let target = Tensor::from_vec(targets[s..s + n].to_vec(), (n, 1), &self.device)?;
-            out.extend(
-                logp.gather(&target, 1)?
-                    .squeeze(1)?
-                    .neg()?
-                    .to_vec1::<f32>()?,
-            );
+            parts.push(op(&self.device, "logits+nll", || {
+                let logits = self.logits(&hidden.narrow(0, s, n)?, &head32)?;
+                fused::nll_rows(&logits, &targets.narrow(0, s, n)?)
+            })?);
             s += n;
         }
-        Ok(out)
+        Ok(Tensor::cat(&parts, 0)?.to_vec1::<f32>()?)
+    }
+
+    /// Splits `flat` into consecutive pieces of the given lengths.
+    fn split(flat: Vec<f32>, lens: impl Iterator<Item = usize>) -> Vec<Vec<f32>> {
+        let mut it = flat.into_iter();
+        lens.map(|n| it.by_ref().take(n).collect()).collect()
     }
 
     /// Runs `tokens` (`B` sequences of equal length `T`) and scores positions
@@ -355,11 +358,12 @@ impl Llama {
         let (x, mass) = self.trunk(ids, (b, t), None, capture.then_some(score_from))?;
         let hidden = self.scored_rows(&x, 1, &[(score_from, t)])?;
         let r = t - score_from;
-        let head32 = self.head32()?;
-        let mut nll = Vec::with_capacity(b);
-        for (bi, seq) in tokens.iter().enumerate() {
-            nll.push(self.nll(&hidden.get(bi)?, &seq[score_from..], &head32)?);
-        }
+        let targets: Vec<u32> = tokens
+            .iter()
+            .flat_map(|s| s[score_from..].iter().copied())
+            .collect();
+        let flat = self.nll(&hidden.reshape((b * r, self.cfg.hidden_size))?, &targets)?;
+        let nll = Self::split(flat, std::iter::repeat_n(r, b));
         let attention = match mass {
             Some(m) => {
                 let denom = (self.cfg.num_layers * self.cfg.num_heads * r) as f64;
@@ -399,15 +403,15 @@ impl Llama {
         let ids = seqs.iter().flat_map(|s| s.0.iter().copied()).collect();
         let (x, _) = self.trunk(ids, (1, start), Some(&spans), None)?;
         let hidden = self.scored_rows(&x.squeeze(0)?, 0, &ranges)?;
-        let head32 = self.head32()?;
-        let mut row = 0;
-        let mut nll = Vec::with_capacity(seqs.len());
-        for &(tok, from) in seqs {
-            let n = tok.len() - from;
-            nll.push(self.nll(&hidden.narrow(0, row, n)?, &tok[from..], &head32)?);
-            row += n;
-        }
-        Ok(nll)
+        let targets: Vec<u32> = seqs
+            .iter()
+            .flat_map(|&(tok, from)| tok[from..].iter().copied())
+            .collect();
+        let flat = self.nll(&hidden, &targets)?;
+        Ok(Self::split(
+            flat,
+            seqs.iter().map(|&(tok, from)| tok.len() - from),
+        ))
     }
 
     /// The f32 logits at the rows predicting positions `score_from..T` of one sequence

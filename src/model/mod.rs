@@ -302,6 +302,63 @@ pub fn configure_matmul(dtype: DType) {
     candle_core::cuda::set_gemm_reduced_precision_f32(dtype != DType::F32);
 }
 
+/// Lets the device's stream-ordered memory pool keep what is freed. Its default releases
+/// everything unused to the driver at each synchronization (every forward pass copies its
+/// NLL to the host), so each pass mapped its activations afresh; PyTorch's allocator keeps
+/// them too. Peak memory is unchanged: the pool only reuses what a pass already needed.
+#[cfg(feature = "cuda")]
+fn keep_freed_memory(device: &Device) -> Result<()> {
+    use candle_core::cuda::cudarc::driver::{result, sys};
+    let Device::Cuda(d) = device else {
+        return Ok(());
+    };
+    let stream = d.cuda_stream();
+    let ctx = stream.context();
+    ctx.bind_to_thread()?;
+    let mut keep = u64::MAX;
+    // SAFETY: the pool is the device's current one (valid while the context lives) and the
+    // release threshold attribute is a u64.
+    unsafe {
+        let pool = result::device::get_mem_pool(ctx.cu_device())?;
+        result::mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut keep as *mut u64).cast(),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn keep_freed_memory(_: &Device) -> Result<()> {
+    Ok(())
+}
+
+/// Returns what the memory pool keeps to the driver, so that the memory in use measured
+/// next is one phase's own (`gateau bench` measures each phase's peak).
+#[cfg(feature = "cuda")]
+pub fn release_cached_memory(device: &Device) -> Result<()> {
+    use candle_core::cuda::cudarc::driver::result;
+    let Device::Cuda(d) = device else {
+        return Ok(());
+    };
+    device.synchronize()?;
+    let stream = d.cuda_stream();
+    let ctx = stream.context();
+    ctx.bind_to_thread()?;
+    // SAFETY: the device's current pool; trimming frees only memory no allocation holds.
+    unsafe {
+        let pool = result::device::get_mem_pool(ctx.cu_device())?;
+        result::mem_pool::trim_to(pool, 0)?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn release_cached_memory(_: &Device) -> Result<()> {
+    Ok(())
+}
+
 /// Opens the device; `auto` falls back to the CPU with a hint when CUDA is missing.
 pub fn open_device(choice: &DeviceChoice) -> Result<(Device, Option<String>)> {
     match choice {
@@ -315,11 +372,13 @@ pub fn open_device(choice: &DeviceChoice) -> Result<(Device, Option<String>)> {
             }
             let d =
                 Device::new_cuda(*n).with_context(|| format!("cannot open --device {choice}"))?;
+            keep_freed_memory(&d).with_context(|| format!("cannot set up --device {choice}"))?;
             Ok((d, None))
         }
         DeviceChoice::Auto => {
             if candle_core::utils::cuda_is_available() {
                 if let Ok(d) = Device::new_cuda(0) {
+                    keep_freed_memory(&d).context("cannot set up the CUDA device")?;
                     return Ok((d, None));
                 }
                 return Ok((

@@ -1,6 +1,7 @@
 //! Launches of the kernels in fused.cu (one PTX module, loaded once per device).
 
 use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
 };
@@ -154,5 +155,180 @@ pub fn silu_mul(
         DType::F32 => go::<f32>(&f, &dev, a, (a0, a1), b, (b0, b1)),
         DType::BF16 => go::<half::bf16>(&f, &dev, a, (a0, a1), b, (b0, b1)),
         _ => go::<half::f16>(&f, &dev, a, (a0, a1), b, (b0, b1)),
+    }
+}
+
+/// `rope_<dtype>` over `x` (`rows` x `heads` x `hd`, contiguous from `x0`) with f32 tables.
+pub fn rope(
+    x: &CudaStorage,
+    x0: usize,
+    (cos, sin): ((&CudaStorage, usize), (&CudaStorage, usize)),
+    (rows, t, heads, hd): (usize, usize, usize, usize),
+) -> Result<CudaStorage> {
+    fn go<T: CudaDType + DeviceRepr>(
+        f: &CudaFunction,
+        dev: &CudaDevice,
+        x: &CudaStorage,
+        x0: usize,
+        (cos, sin): ((&CudaStorage, usize), (&CudaStorage, usize)),
+        (rows, t, heads, hd): (usize, usize, usize, usize),
+    ) -> Result<CudaStorage> {
+        let n = rows * heads * hd;
+        let half = hd / 2;
+        let xv = x.as_cuda_slice::<T>()?.slice(x0..x0 + n);
+        let cv = cos.0.as_cuda_slice::<f32>()?.slice(cos.1..cos.1 + t * half);
+        let sv = sin.0.as_cuda_slice::<f32>()?.slice(sin.1..sin.1 + t * half);
+        // SAFETY: every element is written by the kernel before it is read.
+        let out = unsafe { dev.alloc::<T>(n)? };
+        let (t32, h32, hd32) = (t as u32, heads as u32, hd as u32);
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(f);
+        b.arg(&xv);
+        b.arg(&cv);
+        b.arg(&sv);
+        b.arg(&out);
+        b.arg(&rows);
+        b.arg(&t32);
+        b.arg(&h32);
+        b.arg(&hd32);
+        // SAFETY: x and out hold rows x heads x hd elements, the tables t x hd/2, and the
+        // kernel's indices stay below those (position = row % t).
+        unsafe { b.launch(flat(n / 2 / 8)) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    }
+    let dev = x.device.clone();
+    let f = func(&dev, "rope", x.dtype())?;
+    let shape = (rows, t, heads, hd);
+    match x.dtype() {
+        DType::F32 => go::<f32>(&f, &dev, x, x0, (cos, sin), shape),
+        DType::BF16 => go::<half::bf16>(&f, &dev, x, x0, (cos, sin), shape),
+        _ => go::<half::f16>(&f, &dev, x, x0, (cos, sin), shape),
+    }
+}
+
+/// `nll_rows` over `rows` f32 rows of `v` logits from `l0`, targets from `t0`.
+pub fn nll_rows(
+    logits: &CudaStorage,
+    l0: usize,
+    targets: &CudaStorage,
+    t0: usize,
+    (rows, v): (usize, usize),
+) -> Result<CudaStorage> {
+    let dev = logits.device.clone();
+    let f = dev
+        .get_or_load_custom_func("nll_rows", "gateau_fused", PTX)?
+        .into_cuda_function();
+    let lv = logits.as_cuda_slice::<f32>()?.slice(l0..l0 + rows * v);
+    let tv = targets.as_cuda_slice::<u32>()?.slice(t0..t0 + rows);
+    // SAFETY: every element is written by the kernel before it is read.
+    let out = unsafe { dev.alloc::<f32>(rows)? };
+    let v32 = v as i32;
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&f);
+    b.arg(&lv);
+    b.arg(&tv);
+    b.arg(&out);
+    b.arg(&v32);
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: one block per row of v logits and one target, all within the views.
+    unsafe { b.launch(cfg) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
+/// One cuBLAS handle per device, on candle's stream (creating one takes milliseconds).
+fn blas(dev: &CudaDevice) -> Result<std::sync::Arc<cudarc::cublas::CudaBlas>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    type Handles = Mutex<
+        Vec<(
+            candle_core::cuda_backend::DeviceId,
+            Arc<cudarc::cublas::CudaBlas>,
+        )>,
+    >;
+    static HANDLES: OnceLock<Handles> = OnceLock::new();
+    let mut handles = HANDLES
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("the cuBLAS handle cache is poisoned".into()))?;
+    if let Some((_, h)) = handles.iter().find(|(id, _)| *id == dev.id()) {
+        return Ok(h.clone());
+    }
+    let h = Arc::new(cudarc::cublas::CudaBlas::new(dev.cuda_stream()).w()?);
+    handles.push((dev.id(), h.clone()));
+    Ok(h)
+}
+
+/// `x[m, d] += h[m, k] · w[d, k]ᵀ`: cuBLAS GemmEx, 16-bit inputs, f32 accumulation, the f32
+/// stream as C with beta = 1.
+pub fn gemm_add(
+    x: &mut CudaStorage,
+    x0: usize,
+    (h, h0): (&CudaStorage, usize),
+    (w, w0): (&CudaStorage, usize),
+    (m, k, d): (usize, usize, usize),
+) -> Result<()> {
+    use cudarc::cublas::{result as cublas, sys};
+    fn go<T: CudaDType + DeviceRepr>(
+        dev: &CudaDevice,
+        x: &mut cudarc::driver::CudaViewMut<'_, f32>,
+        (h, h0): (&CudaStorage, usize),
+        (w, w0): (&CudaStorage, usize),
+        (m, k, d): (usize, usize, usize),
+        ty: sys::cudaDataType,
+    ) -> Result<()> {
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        let blas = blas(dev)?;
+        let stream = dev.cuda_stream();
+        stream.context().bind_to_thread().w()?;
+        let hv = h.as_cuda_slice::<T>()?.slice(h0..h0 + m * k);
+        let wv = w.as_cuda_slice::<T>()?.slice(w0..w0 + d * k);
+        let (hp, _g1) = hv.device_ptr(&stream);
+        let (wp, _g2) = wv.device_ptr(&stream);
+        let (xp, _g3) = x.device_ptr_mut(&stream);
+        let (one, dims) = (1f32, [d, m, k].map(|v| v as i32));
+        // Column-major view: xᵀ (d x m) += wᵀ-as-stored (k x d, transposed) · hᵀ (k x m).
+        // SAFETY: live device allocations of the sizes sliced above, on candle's stream;
+        // alpha and beta are host f32 (the handle's default pointer mode).
+        unsafe {
+            cublas::gemm_ex(
+                *blas.handle(),
+                sys::cublasOperation_t::CUBLAS_OP_T,
+                sys::cublasOperation_t::CUBLAS_OP_N,
+                dims[0],
+                dims[1],
+                dims[2],
+                (&one as *const f32).cast(),
+                wp as *const std::ffi::c_void,
+                ty,
+                dims[2],
+                hp as *const std::ffi::c_void,
+                ty,
+                dims[2],
+                (&one as *const f32).cast(),
+                xp as *mut std::ffi::c_void,
+                sys::cudaDataType::CUDA_R_32F,
+                dims[0],
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .w()?;
+        Ok(())
+    }
+    if [m, k, d].iter().any(|&v| v > i32::MAX as usize) {
+        bail!("gemm_add: {m} x {k} x {d} is beyond cuBLAS's 32-bit sizes");
+    }
+    let dev = x.device.clone();
+    let mut xv = x.as_cuda_slice_mut::<f32>()?.slice_mut(x0..x0 + m * d);
+    let (hs, ws, dims) = ((h, h0), (w, w0), (m, k, d));
+    match h.dtype() {
+        DType::BF16 => {
+            go::<half::bf16>(&dev, &mut xv, hs, ws, dims, sys::cudaDataType::CUDA_R_16BF)
+        }
+        DType::F16 => go::<half::f16>(&dev, &mut xv, hs, ws, dims, sys::cudaDataType::CUDA_R_16F),
+        other => bail!("gemm_add: unsupported dtype {other:?}"),
     }
 }
