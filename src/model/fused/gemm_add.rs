@@ -112,6 +112,7 @@ impl InplaceOp3 for GemmAdd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::attention::tests::max_diff;
     use candle_core::Device;
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
@@ -131,31 +132,11 @@ mod tests {
         let want = (&x0 + h.broadcast_matmul(&w.t().unwrap()).unwrap()).unwrap();
         let x = x0.copy().unwrap();
         gemm_add(&x, &h, &w).unwrap();
-        let diff = (x - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(diff < 1e-5, "{diff}");
+        assert!(max_diff(&x, &want) < 1e-5, "{}", max_diff(&x, &want));
         // linear_add_into on the CPU takes the unfused path: the same numbers.
         let y = x0.copy().unwrap();
         linear_add_into(&y, &h, &Linear::new(w.clone(), None)).unwrap();
-        let x2 = x0.copy().unwrap();
-        gemm_add(&x2, &h, &w).unwrap();
-        let diff = (y - x2)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        assert!(max_diff(&y, &x) < 1e-5);
     }
 
     #[test]

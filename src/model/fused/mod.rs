@@ -4,8 +4,9 @@
 //! these were the casts, additions, norms and activations that took about a quarter of a
 //! 16k-token bf16 pass on the H100. The arithmetic is f32 whatever the storage type.
 //!
-//! The rotary embedding (`rope`) and the NLL of logit rows (`nll_rows`) live in their own
-//! files here, on the same pattern.
+//! The rotary embedding (`rope`), the NLL of logit rows (`nll_rows`) and the residual
+//! projections accumulated into the f32 stream (`linear_add_into`) live in their own files
+//! here, on the same pattern.
 //!
 //! CPU and CUDA implement the same formulas (the CUDA kernels are `fused.cu`, compiled to
 //! PTX by build.rs); the CPU versions are what the tests check against plain loops.
@@ -237,7 +238,7 @@ mod gemm_add;
 mod nll;
 mod rope;
 
-pub use gemm_add::{gemm_add, linear_add_into};
+pub use gemm_add::linear_add_into;
 pub use nll::nll_rows;
 pub use rope::rope;
 

@@ -112,6 +112,7 @@ impl CustomOp3 for Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::attention::tests::max_diff;
     use candle_core::Device;
 
     fn tables(t: usize, half: usize) -> (Vec<f32>, Vec<f32>) {
@@ -141,16 +142,7 @@ mod tests {
         let st = Tensor::from_vec(s.clone(), (t, hd / 2), &dev).unwrap();
         let got = rope(&xt, &ct, &st).unwrap();
         let want = candle_nn::rotary_emb::rope_thd(&xt, &ct, &st).unwrap();
-        let diff = (got.clone() - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&got, &want);
         assert!(diff < 1e-6, "{diff}");
         // Batch 1, position 3, head 2, pair 1: (x[1], x[5]) turned by angle 3 / 10000^(2/8).
         let g = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
