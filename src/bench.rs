@@ -63,7 +63,8 @@ pub struct BenchSettings {
     pub mid: usize,
     pub segment_len: usize,
     pub segments: usize,
-    pub max_batch_tokens: usize,
+    /// None: what `gateau score` would pick on the device.
+    pub max_batch_tokens: Option<usize>,
     pub repeat: usize,
     pub warmup: usize,
     pub device: DeviceChoice,
@@ -198,6 +199,11 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
         s.shape, s.dtype
     );
     let model = random_model(&cfg, &device, s.dtype)?;
+    let budget = s.max_batch_tokens.unwrap_or_else(|| {
+        let width = s.dtype.size_in_bytes() as u64;
+        crate::memory::default_batch_tokens(&cfg, width, crate::model::free_memory(&device))
+    });
+    eprintln!("gateau bench: segment batches of up to {budget} tokens");
     let mut results = Vec::new();
     for &ctx in &s.contexts {
         let t = 1 + ctx + s.mid + s.resp;
@@ -208,8 +214,8 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
         let segs: Vec<Vec<u32>> = (0..s.segments)
             .map(|i| synthetic(ts, cfg.vocab_size, i as u64))
             .collect();
-        let batches = batch_ranges(segs.len(), ts, s.max_batch_tokens);
-        let per = (s.max_batch_tokens / ts).max(1);
+        let batches = batch_ranges(segs.len(), ts, budget);
+        let per = batches.iter().map(|r| r.len()).max().unwrap_or(0);
         let phases: [(String, usize, f64, Work); 3] = [
             (
                 "full pass (no capture)".into(),
@@ -249,7 +255,7 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
         eprintln!("  ctx {ctx:>6}  end to end per sample ({n_seg} segments): {e2e:.3} s");
     }
     if s.small_segments > 0 {
-        results.extend(small_samples(&s, &model, &device, peak)?);
+        results.extend(small_samples(&s, &model, &device, (peak, budget))?);
     }
     let lines: Vec<String> = results
         .iter()
@@ -333,7 +339,7 @@ fn small_samples(
     s: &BenchSettings,
     model: &Llama,
     device: &Device,
-    peak: f64,
+    (peak, budget): (f64, usize),
 ) -> Result<Vec<PhaseResult>> {
     let cfg = model.config();
     let k = s.small_segments;
@@ -342,7 +348,7 @@ fn small_samples(
         .map(|i| 1 + s.segment_len + s.mid + s.resp / 2 + i * s.resp / 16)
         .collect();
     let per_sample = k * lens.iter().sum::<usize>() / lens.len();
-    let m = (2 * s.max_batch_tokens / per_sample.max(1)).max(2);
+    let m = (2 * budget / per_sample.max(1)).max(2);
     let samples: Vec<(Vec<Vec<u32>>, usize)> = (0..m)
         .map(|i| {
             let ts = lens[i % lens.len()];
@@ -369,7 +375,7 @@ fn small_samples(
             .iter()
             .flat_map(|(seqs, from)| seqs.iter().map(move |q| (q.as_slice(), *from)))
             .collect();
-        for r in pack_rows(all.iter().map(|x| x.0.len()), s.max_batch_tokens) {
+        for r in pack_rows(all.iter().map(|x| x.0.len()), budget) {
             model.forward_packed(&all[r])?;
         }
         Ok(())
@@ -436,7 +442,7 @@ mod tests {
             mid: 2,
             segment_len: 8,
             segments: 0,
-            max_batch_tokens: 200,
+            max_batch_tokens: Some(200),
             repeat: 1,
             warmup: 0,
             device: DeviceChoice::Cpu,
@@ -446,7 +452,7 @@ mod tests {
             profile: true,
             small_segments: 3,
         };
-        let r = small_samples(&s, &m, &Device::Cpu, 1.0).unwrap();
+        let r = small_samples(&s, &m, &Device::Cpu, (1.0, 200)).unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].tokens, r[1].tokens);
         assert_eq!(r[0].ctx, 24);

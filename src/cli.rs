@@ -62,9 +62,10 @@ pub struct BenchArgs {
     /// Segment passes timed per context length.
     #[arg(long, default_value_t = 32)]
     pub segments: usize,
-    /// Most tokens in one batched segment pass.
-    #[arg(long, default_value_t = 16384)]
-    pub max_batch_tokens: usize,
+    /// Most tokens in one batched segment pass [default: what `gateau score` picks on the
+    /// device: half of what the free memory after the model holds, at most 65,536].
+    #[arg(long, value_name = "TOKENS")]
+    pub max_batch_tokens: Option<usize>,
     /// Timed repetitions.
     #[arg(long, default_value_t = 2)]
     pub repeat: usize,

@@ -46,11 +46,20 @@ pub fn ppl(nll: &[f32]) -> f64 {
     (sum / nll.len().max(1) as f64).exp()
 }
 
-/// Splits `n` equal-length sequences into batches of at most `budget` tokens (at least one
-/// sequence per batch).
+/// Splits `n` equal-length sequences into as few batches of at most `budget` tokens as
+/// possible (at least one sequence per batch), of sizes that differ by at most one: a
+/// last batch of a few sequences runs its matrix products far below the GPU's rate.
 pub fn batch_ranges(n: usize, seq_len: usize, budget: usize) -> Vec<std::ops::Range<usize>> {
     let per = (budget / seq_len.max(1)).max(1);
-    (0..n).step_by(per).map(|s| s..(s + per).min(n)).collect()
+    let batches = n.div_ceil(per);
+    let mut start = 0;
+    (0..batches)
+        .map(|i| {
+            let size = n / batches + usize::from(i < n % batches);
+            start += size;
+            start - size..start
+        })
+        .collect()
 }
 
 /// Consecutive sequences of the given lengths grouped into rows of at most `budget` tokens
@@ -259,6 +268,9 @@ mod tests {
     #[test]
     fn batches_respect_the_budget() {
         assert_eq!(batch_ranges(5, 100, 250), vec![0..2, 2..4, 4..5]);
+        // 23 of 705 tokens fit 16,384: 32 sequences go 16 + 16, not 23 + 9.
+        assert_eq!(batch_ranges(32, 705, 16384), vec![0..16, 16..32]);
+        assert_eq!(batch_ranges(10, 1, 4), vec![0..4, 4..7, 7..10]);
         assert_eq!(batch_ranges(2, 1000, 10), vec![0..1, 1..2]);
         assert!(batch_ranges(0, 10, 10).is_empty());
     }

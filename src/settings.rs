@@ -488,7 +488,10 @@ pub fn bench_settings(a: &crate::cli::BenchArgs) -> Result<crate::bench::BenchSe
         mid: a.mid,
         segment_len: positive(a.segment_len, "--segment-len")?,
         segments: a.segments,
-        max_batch_tokens: positive(a.max_batch_tokens, "--max-batch-tokens")?,
+        max_batch_tokens: a
+            .max_batch_tokens
+            .map(|n| positive(n, "--max-batch-tokens"))
+            .transpose()?,
         repeat: positive(a.repeat, "--repeat")?,
         warmup: a.warmup,
         device: a.device.clone(),

@@ -188,3 +188,81 @@ fn missing_weight_file_names_it() {
         "{err:#}"
     );
 }
+
+/// bf16 weights on the split path (the GPU's; on the CPU its fused call is the chunked
+/// kernel): the heads go to attention in f16, closer to the f32 reference than bf16 heads;
+/// a head beyond f16's range turns them off for the model and the pass runs again, giving
+/// exactly what bf16 heads give.
+#[test]
+fn bf16_weights_attend_in_f16_and_fall_back_on_overflow() {
+    let to_bf16 = |tiny: &mut Tiny| {
+        for (v, _) in tiny.w.values_mut() {
+            for x in v.iter_mut() {
+                *x = half::bf16::from_f32(*x).to_f32();
+            }
+        }
+    };
+    let load16 = |tiny: &Tiny| {
+        let dir = tmp();
+        tiny.write(dir.path(), false);
+        let spec = ModelSpec {
+            location: p(dir.path()).to_string(),
+            tokenizer: None,
+            rope_theta: None,
+        };
+        let mut m = model::load(&spec, &Device::Cpu, DType::BF16).unwrap();
+        m.llama.set_split_attention(true);
+        m
+    };
+    let mut tiny = Tiny::random(29, 4, 2, false);
+    // Weights exact in bf16: the f32 reference runs the very same model.
+    to_bf16(&mut tiny);
+    let (seq, from) = (tokens(3, 97), 60);
+    let want = tiny.naive(&seq, tiny.rope_theta).nll(&seq, from);
+    let m = load16(&tiny);
+    let err = |heads16: bool| {
+        m.llama.set_f16_heads(heads16);
+        let got = m
+            .llama
+            .forward(std::slice::from_ref(&seq), from, true)
+            .unwrap();
+        let e = got.nll[0]
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .sum::<f64>()
+            / want.len() as f64;
+        (e, got)
+    };
+    let (e16, _) = err(true);
+    assert!(m.llama.f16_heads());
+    let (e_bf16, _) = err(false);
+    assert!(e_bf16 < 0.05, "bf16 heads: mean |nll error| {e_bf16}");
+    assert!(e16 < e_bf16, "f16 heads {e16} vs bf16 heads {e_bf16}");
+
+    // Queries of layer 0 a million times larger: beyond f16, well within bf16.
+    let (q, _) = tiny
+        .w
+        .get_mut("model.layers.0.self_attn.q_proj.weight")
+        .unwrap();
+    q.iter_mut().for_each(|x| *x *= 1048576.0);
+    let m = load16(&tiny);
+    assert!(m.llama.f16_heads());
+    let got = m
+        .llama
+        .forward(std::slice::from_ref(&seq), from, true)
+        .unwrap();
+    assert!(
+        !m.llama.f16_heads(),
+        "the overflow must turn the f16 heads off"
+    );
+    let plain = load16(&tiny);
+    plain.llama.set_f16_heads(false);
+    let want = plain
+        .llama
+        .forward(std::slice::from_ref(&seq), from, true)
+        .unwrap();
+    assert!(got.nll[0].iter().all(|x| x.is_finite()));
+    assert_eq!(got.nll, want.nll);
+    assert_eq!(got.attention, want.attention);
+}

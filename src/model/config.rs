@@ -50,13 +50,14 @@ impl ModelConfig {
         v * d + self.num_layers as u64 * layer + d + head
     }
 
-    /// Bytes of activations alive at once per token of a pass in a `width`-byte dtype: the
-    /// f32 residual stream and its f32 update, the normed input, q/k/v, and the MLP's gate,
-    /// up and product (attention scores are bounded separately, by the chunk budget).
+    /// Bytes of activations alive at once per token of a pass in a `width`-byte dtype, an
+    /// upper bound: the f32 residual stream and its f32 update, the normed input, the f32
+    /// q|k|v projection and its heads, and the MLP's gate, up and product (attention
+    /// scores are bounded separately, by the chunk budget).
     pub fn activation_bytes_per_token(&self, width: u64) -> u64 {
         let d = self.hidden_size as u64;
         let qkv = ((self.num_heads + 2 * self.num_kv_heads) * self.head_dim) as u64;
-        8 * d + width * (d + qkv + 3 * self.intermediate_size as u64)
+        8 * d + 4 * qkv + width * (d + qkv + 3 * self.intermediate_size as u64)
     }
 
     /// Reads an HF `config.json`.

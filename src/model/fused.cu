@@ -18,8 +18,8 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 }
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 
-// Vectors of 4 (add_into) or 16 bytes (silu_mul) where every pointer is aligned for them:
-// scalar 2-byte accesses left the element-wise kernels well short of the memory bandwidth.
+// Vectors of 4 (add_into) or 16 bytes where every pointer is aligned for them: scalar 2-byte
+// accesses left the element-wise kernels well short of the memory bandwidth.
 template <typename T, int N> struct alignas(sizeof(T) * N) Vec {
   T v[N];
 };
@@ -111,50 +111,72 @@ __device__ void rms_norm_to(const float *__restrict__ x, const float *__restrict
   for (int i = threadIdx.x; i < d; i += blockDim.x) orow[i] = from_f<T>(xr[i] / m * w[i]);
 }
 
-// Rotary embedding of x [rows, heads, hd] (rows = B x T, position = row % t) with f32
-// tables cos, sin [t, hd / 2], the halves convention: (x[i], x[i + hd/2]) rotate by angle
-// i. f32 arithmetic, one rounding (candle's rope_thd rounds each product in T and made
-// 2-byte accesses). Each thread rotates V pairs; V = 1 when hd / 2 or a pointer does not
-// allow vectors.
+// q, k and v heads from the f32 output of the fused q|k|v projection, qkv [rows, heads x hd]
+// (heads = nh + 2 nkv, in that order), written as T into out = [q: rows x nh x hd | k: rows x
+// nkv x hd | v: rows x nkv x hd | flag]. q and k are rotated by position row % t with f32
+// tables cos, sin [t, hd / 2], the halves convention ((x[i], x[i + hd/2]) rotate by angle
+// i); v is converted; each value is rounded once from f32. A finite input whose T value is
+// not (beyond f16's 65,504) sets the flag to 1; the caller zeroes it first. Each thread
+// converts V pairs; V = 1 when hd / 2 or a pointer does not allow vectors. (One block per
+// row, with 32-bit index arithmetic, measured slower on the H100.)
 template <typename T, int V>
-__device__ void rope_pairs(const T *__restrict__ x, const float *__restrict__ cos,
-                           const float *__restrict__ sin, T *__restrict__ out, size_t units,
-                           unsigned t, unsigned heads, unsigned half) {
-  unsigned per_head = half / V;
+__device__ void qkv_pairs(const float *__restrict__ qkv, const float *__restrict__ cos,
+                          const float *__restrict__ sin, T *__restrict__ out, size_t units,
+                          size_t rows, unsigned t, unsigned nh, unsigned nkv, unsigned half) {
+  unsigned heads = nh + 2 * nkv, per_head = half / V, hd = 2 * half;
   size_t stride = (size_t)blockDim.x * gridDim.x;
+  bool overflow = false;
   for (size_t u = (size_t)blockIdx.x * blockDim.x + threadIdx.x; u < units; u += stride) {
     size_t rh = u / per_head;
     unsigned j = (unsigned)(u - rh * per_head) * V;
     size_t row = rh / heads;
-    size_t i1 = rh * 2 * half + j, i2 = i1 + half;
-    size_t cs = (size_t)(row % t) * half + j;
-    Vec<T, V> a = *reinterpret_cast<const Vec<T, V> *>(x + i1);
-    Vec<T, V> b = *reinterpret_cast<const Vec<T, V> *>(x + i2);
-    Vec<float, V> c = *reinterpret_cast<const Vec<float, V> *>(cos + cs);
-    Vec<float, V> s = *reinterpret_cast<const Vec<float, V> *>(sin + cs);
+    unsigned h = (unsigned)(rh - row * heads);
+    const float *src = qkv + rh * hd + j;
+    T *dst = h < nh         ? out + (row * nh + h) * hd
+             : h < nh + nkv ? out + rows * nh * hd + (row * nkv + h - nh) * hd
+                            : out + rows * (nh + nkv) * hd + (row * nkv + h - nh - nkv) * hd;
+    dst += j;
+    Vec<float, V> a = *reinterpret_cast<const Vec<float, V> *>(src);
+    Vec<float, V> b = *reinterpret_cast<const Vec<float, V> *>(src + half);
     Vec<T, V> oa, ob;
+    if (h < nh + nkv) {
+      size_t cs = (size_t)(row % t) * half + j;
+      Vec<float, V> c = *reinterpret_cast<const Vec<float, V> *>(cos + cs);
+      Vec<float, V> s = *reinterpret_cast<const Vec<float, V> *>(sin + cs);
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      float fa = to_f(a.v[k]), fb = to_f(b.v[k]);
-      oa.v[k] = from_f<T>(fa * c.v[k] - fb * s.v[k]);
-      ob.v[k] = from_f<T>(fa * s.v[k] + fb * c.v[k]);
+      for (int k = 0; k < V; ++k) {
+        float ra = a.v[k] * c.v[k] - b.v[k] * s.v[k], rb = a.v[k] * s.v[k] + b.v[k] * c.v[k];
+        oa.v[k] = from_f<T>(ra);
+        ob.v[k] = from_f<T>(rb);
+        overflow |= (isfinite(ra) && !isfinite(to_f(oa.v[k]))) ||
+                    (isfinite(rb) && !isfinite(to_f(ob.v[k])));
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        oa.v[k] = from_f<T>(a.v[k]);
+        ob.v[k] = from_f<T>(b.v[k]);
+        overflow |= (isfinite(a.v[k]) && !isfinite(to_f(oa.v[k]))) ||
+                    (isfinite(b.v[k]) && !isfinite(to_f(ob.v[k])));
+      }
     }
-    *reinterpret_cast<Vec<T, V> *>(out + i1) = oa;
-    *reinterpret_cast<Vec<T, V> *>(out + i2) = ob;
+    *reinterpret_cast<Vec<T, V> *>(dst) = oa;
+    *reinterpret_cast<Vec<T, V> *>(dst + half) = ob;
   }
+  if (overflow) out[rows * heads * hd] = from_f<T>(1.f);
 }
 
 template <typename T>
-__device__ void rope(const T *x, const float *cos, const float *sin, T *out, size_t rows,
-                     unsigned t, unsigned heads, unsigned hd) {
+__device__ void qkv_heads(const float *qkv, const float *cos, const float *sin, T *out,
+                          size_t rows, unsigned t, unsigned nh, unsigned nkv, unsigned hd) {
   constexpr int V = 16 / sizeof(T);
   unsigned half = hd / 2;
-  size_t pairs = rows * heads * half;
-  if (half % V == 0 && aligned(x, 16) && aligned(out, 16) && aligned(cos, 32) &&
-      aligned(sin, 32))
-    rope_pairs<T, V>(x, cos, sin, out, pairs / V, t, heads, half);
+  size_t pairs = rows * (nh + 2 * nkv) * half;
+  if (half % V == 0 && aligned(qkv, 4 * V) && aligned(out, 16) && aligned(cos, 4 * V) &&
+      aligned(sin, 4 * V))
+    qkv_pairs<T, V>(qkv, cos, sin, out, pairs / V, rows, t, nh, nkv, half);
   else
-    rope_pairs<T, 1>(x, cos, sin, out, pairs, t, heads, half);
+    qkv_pairs<T, 1>(qkv, cos, sin, out, pairs, rows, t, nh, nkv, half);
 }
 
 // nll[r] = logsumexp(logits[r, :]) - logits[r, target[r]]: log-softmax and the gather in
@@ -213,26 +235,36 @@ extern "C" __global__ void nll_rows(const float *__restrict__ logits,
   }
 }
 
-// out = silu(a) * b, computed in f32 and rounded once (candle's silu and mul round twice).
+// silu(g) * u in f32, rounded once by the caller (candle's silu and mul round twice).
 __device__ __forceinline__ float silu_times(float g, float u) { return g / (1.f + expf(-g)) * u; }
 
-template <typename T>
-__device__ void silu_mul(const T *__restrict__ a, const T *__restrict__ b, T *__restrict__ out,
-                         size_t n) {
-  constexpr int V = 16 / sizeof(T);
+// out[r, i] = silu(gu[r, i]) * gu[r, f + i] from the f32 output of the fused gate|up
+// projection, gu [rows, 2f], rounded once to T: gate and up are never rounded to 16 bits.
+// V = 4 floats a thread where f and the pointers allow, else 1.
+template <typename T, int V>
+__device__ void silu_mul_halves_v(const float *__restrict__ gu, T *__restrict__ out,
+                                  size_t units, unsigned f) {
+  unsigned per_row = f / V;
   size_t stride = (size_t)blockDim.x * gridDim.x;
-  size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  size_t nv = aligned(a, 16) && aligned(b, 16) && aligned(out, 16) ? n / V : 0;
-  for (size_t i = tid; i < nv; i += stride) {
-    Vec<T, V> va = reinterpret_cast<const Vec<T, V> *>(a)[i];
-    Vec<T, V> vb = reinterpret_cast<const Vec<T, V> *>(b)[i];
-    Vec<T, V> vo;
+  for (size_t u = (size_t)blockIdx.x * blockDim.x + threadIdx.x; u < units; u += stride) {
+    size_t row = u / per_row;
+    unsigned j = (unsigned)(u - row * per_row) * V;
+    const float *g = gu + row * 2 * f + j;
+    Vec<float, V> a = *reinterpret_cast<const Vec<float, V> *>(g);
+    Vec<float, V> b = *reinterpret_cast<const Vec<float, V> *>(g + f);
+    Vec<T, V> o;
 #pragma unroll
-    for (int j = 0; j < V; ++j) vo.v[j] = from_f<T>(silu_times(to_f(va.v[j]), to_f(vb.v[j])));
-    reinterpret_cast<Vec<T, V> *>(out)[i] = vo;
+    for (int k = 0; k < V; ++k) o.v[k] = from_f<T>(silu_times(a.v[k], b.v[k]));
+    *reinterpret_cast<Vec<T, V> *>(out + row * f + j) = o;
   }
-  for (size_t i = nv * V + tid; i < n; i += stride)
-    out[i] = from_f<T>(silu_times(to_f(a[i]), to_f(b[i])));
+}
+
+template <typename T>
+__device__ void silu_mul_halves(const float *gu, T *out, size_t rows, unsigned f) {
+  if (f % 4 == 0 && aligned(gu, 16) && aligned(out, sizeof(Vec<T, 4>)))
+    silu_mul_halves_v<T, 4>(gu, out, rows * (f / 4), f);
+  else
+    silu_mul_halves_v<T, 1>(gu, out, rows * f, f);
 }
 
 #define FUSED(NAME, T)                                                                         \
@@ -243,13 +275,15 @@ __device__ void silu_mul(const T *__restrict__ a, const T *__restrict__ b, T *__
                                                 int d, float eps) {                           \
     rms_norm_to<T>(x, w, out, d, eps);                                                       \
   }                                                                                          \
-  extern "C" __global__ void silu_mul_##NAME(const T *a, const T *b, T *out, size_t n) {      \
-    silu_mul<T>(a, b, out, n);                                                               \
+  extern "C" __global__ void silu_mul_halves_##NAME(const float *gu, T *out, size_t rows,      \
+                                                    unsigned f) {                             \
+    silu_mul_halves<T>(gu, out, rows, f);                                                    \
   }                                                                                          \
-  extern "C" __global__ void rope_##NAME(const T *x, const float *cos, const float *sin,      \
-                                         T *out, size_t rows, unsigned t, unsigned heads,     \
-                                         unsigned hd) {                                       \
-    rope<T>(x, cos, sin, out, rows, t, heads, hd);                                           \
+  extern "C" __global__ void qkv_heads_##NAME(const float *qkv, const float *cos,             \
+                                              const float *sin, T *out, size_t rows,          \
+                                              unsigned t, unsigned nh, unsigned nkv,          \
+                                              unsigned hd) {                                  \
+    qkv_heads<T>(qkv, cos, sin, out, rows, t, nh, nkv, hd);                                  \
   }
 
 FUSED(f32, float)

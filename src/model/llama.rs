@@ -6,34 +6,35 @@
 
 use super::attention::{capture_mass_thd, causal_attention, Plan};
 use super::config::ModelConfig;
-use super::fused;
+use super::fused::{self, HeadShape, Heads};
 use super::kernel::{fused_available, fused_causal};
 use super::packing::{Packing, Span};
 use super::profile::op;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Upper bound on the f32 logits of one chunk of scored rows: 128 MiB.
 const LOGIT_BUDGET: usize = 32 << 20;
 
 struct Layer {
     input_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v projections stacked (one GEMM; rows in that order).
+    qkv: Linear,
     o: Linear,
     post_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    /// Gate and up projections stacked (one GEMM; gate's rows first).
+    gate_up: Linear,
     down: Linear,
 }
 
+fn weight(vb: &VarBuilder, out: usize, inp: usize, name: &str) -> candle_core::Result<Tensor> {
+    vb.get((out, inp), &format!("{name}.weight"))
+}
+
 fn linear(vb: &VarBuilder, out: usize, inp: usize, name: &str) -> candle_core::Result<Linear> {
-    Ok(Linear::new(
-        vb.get((out, inp), &format!("{name}.weight"))?,
-        None,
-    ))
+    Ok(Linear::new(weight(vb, out, inp, name)?, None))
 }
 
 impl Layer {
@@ -44,15 +45,31 @@ impl Layer {
         let mlp = vb.pp("mlp");
         Ok(Self {
             input_norm: vb.get(d, "input_layernorm.weight")?.to_dtype(DType::F32)?,
-            q: linear(&att, qd, d, "q_proj")?,
-            k: linear(&att, kvd, d, "k_proj")?,
-            v: linear(&att, kvd, d, "v_proj")?,
+            qkv: Linear::new(
+                Tensor::cat(
+                    &[
+                        weight(&att, qd, d, "q_proj")?,
+                        weight(&att, kvd, d, "k_proj")?,
+                        weight(&att, kvd, d, "v_proj")?,
+                    ],
+                    0,
+                )?,
+                None,
+            ),
             o: linear(&att, d, qd, "o_proj")?,
             post_norm: vb
                 .get(d, "post_attention_layernorm.weight")?
                 .to_dtype(DType::F32)?,
-            gate: linear(&mlp, f, d, "gate_proj")?,
-            up: linear(&mlp, f, d, "up_proj")?,
+            gate_up: Linear::new(
+                Tensor::cat(
+                    &[
+                        weight(&mlp, f, d, "gate_proj")?,
+                        weight(&mlp, f, d, "up_proj")?,
+                    ],
+                    0,
+                )?,
+                None,
+            ),
             down: linear(&mlp, d, f, "down_proj")?,
         })
     }
@@ -77,6 +94,9 @@ pub struct Llama {
     device: Device,
     dtype: DType,
     split: bool,
+    /// With bf16 weights on the split path: attention heads in f16 (see `fused::qkv_heads`)
+    /// until one overflows f16's range, then in bf16 for the rest of the run.
+    f16_heads: AtomicBool,
 }
 
 impl Llama {
@@ -97,6 +117,7 @@ impl Llama {
         };
         Ok(Self {
             split: fused_available(embed.device(), embed.dtype()),
+            f16_heads: AtomicBool::new(embed.dtype() == DType::BF16),
             device: embed.device().clone(),
             dtype: embed.dtype(),
             cfg,
@@ -111,6 +132,17 @@ impl Llama {
     /// the side (the default where a fused kernel exists), or the chunked kernel doing both.
     pub fn set_split_attention(&mut self, split: bool) {
         self.split = split;
+    }
+
+    /// Whether the split path's attention heads are f16 (bf16 weights, no overflow yet).
+    pub fn f16_heads(&self) -> bool {
+        self.f16_heads.load(Ordering::Relaxed)
+    }
+
+    /// Turns the f16 heads off (or back on, for bf16 weights) — for comparisons.
+    pub fn set_f16_heads(&self, on: bool) {
+        self.f16_heads
+            .store(on && self.dtype == DType::BF16, Ordering::Relaxed);
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -175,17 +207,36 @@ impl Llama {
         Ok((b, t))
     }
 
+    /// Runs `pass` (a trunk and what is computed from it, up to a copy to the host); if
+    /// a layer's f16 heads overflowed, turns them off for this model, saying so once, and
+    /// runs it again with heads in the compute dtype.
+    fn with_heads_checked<T>(&self, pass: impl Fn() -> Result<(T, Vec<Tensor>)>) -> Result<T> {
+        let (out, overflow) = pass()?;
+        if !fused::any_overflow(&overflow)? {
+            return Ok(out);
+        }
+        if self.f16_heads.swap(false, Ordering::Relaxed) {
+            eprintln!(
+                "gateau: warning: attention heads exceeded f16's range (65,504); this model \
+                 runs its attention in {} from here on",
+                self.dtype.as_str()
+            );
+        }
+        Ok(pass()?.0)
+    }
+
     /// The decoder stack over `ids` laid out as `b` rows of `t` tokens: the final f32
-    /// residual stream `[B, T, D]` and, with `capture_from`, the attention mass `[B, T]`
-    /// (summed) of the rows from there on. With `packed` spans (`b` = 1), every span is its
-    /// own sequence: positions restart at 0 and attention stays inside the span.
+    /// residual stream `[B, T, D]`, with `capture_from` the attention mass `[B, T]`
+    /// (summed) of the rows from there on, and the layers' f16 overflow flags (none when
+    /// the heads are in the compute dtype). With `packed` spans (`b` = 1), every span is
+    /// its own sequence: positions restart at 0 and attention stays inside the span.
     fn trunk(
         &self,
         ids: Vec<u32>,
         (b, t): (usize, usize),
         packed: Option<&[Span]>,
         capture_from: Option<usize>,
-    ) -> Result<(Tensor, Option<Tensor>)> {
+    ) -> Result<(Tensor, Option<Tensor>, Vec<Tensor>)> {
         let c = &self.cfg;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         if packed.is_some() && (b != 1 || capture_from.is_some()) {
@@ -212,7 +263,7 @@ impl Llama {
                 (cos.index_select(&pos, 0)?, sin.index_select(&pos, 0)?)
             }
         };
-        // fused::rope reads f32 tables; candle's rope wants them in the dtype of q.
+        // fused::qkv_heads reads f32 tables; candle's rope wants them in the dtype of q.
         let (cos, sin) = match self.split {
             true => (cos, sin),
             false => (cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?),
@@ -225,21 +276,28 @@ impl Llama {
         let capture = capture_from.is_some();
         let mut mass: Option<Tensor> = None;
         let dev = &self.device;
+        let shape = HeadShape { nh, nkv, hd };
+        let heads_dtype = match self.f16_heads.load(Ordering::Relaxed) {
+            true => DType::F16,
+            false => self.dtype,
+        };
+        let mut overflow = Vec::new();
         for layer in &self.layers {
             let h = op(dev, "rms_norm", || self.rms_norm(&x, &layer.input_norm))?;
-            // [B, T, n, hd], the layout of the projections' output.
-            let proj = |lin: &Linear, n: usize| lin.forward(&h)?.reshape((b, t, n, hd));
             let (att, m) = if self.split {
-                let (q, k, v) = op(dev, "qkv_proj", || {
-                    Ok((
-                        proj(&layer.q, nh)?,
-                        proj(&layer.k, nkv)?,
-                        proj(&layer.v, nkv)?,
-                    ))
+                let qkv = op(dev, "qkv_proj", || fused::linear_f32(&h, &layer.qkv))?;
+                let Heads {
+                    q,
+                    k,
+                    v,
+                    overflow: o,
+                } = op(dev, "rope", || {
+                    fused::qkv_heads(&qkv.reshape((b, t, ()))?, &cos, &sin, shape, heads_dtype)
                 })?;
-                let (q, k) = op(dev, "rope", || {
-                    Ok((fused::rope(&q, &cos, &sin)?, fused::rope(&k, &cos, &sin)?))
-                })?;
+                drop(qkv);
+                if heads_dtype != self.dtype {
+                    overflow.push(o);
+                }
                 let m = match capture {
                     true => Some(op(dev, "attention_capture", || {
                         capture_mass_thd(&q, &k, &plan)
@@ -250,16 +308,16 @@ impl Llama {
                     None => fused_causal(&q, &k, &v),
                     Some(p) => p.causal_thd(&q, &k, &v),
                 })?;
-                (out.reshape((b, t, nh * hd))?, m)
+                (out.reshape((b, t, nh * hd))?.to_dtype(self.dtype)?, m)
             } else {
-                let heads = |lin: &Linear, n: usize| proj(lin, n)?.transpose(1, 2)?.contiguous();
-                let (q, k, v) = op(dev, "qkv_proj", || {
-                    Ok((
-                        heads(&layer.q, nh)?,
-                        heads(&layer.k, nkv)?,
-                        heads(&layer.v, nkv)?,
-                    ))
-                })?;
+                let qkv = op(dev, "qkv_proj", || layer.qkv.forward(&h))?;
+                let heads = |from: usize, n: usize| {
+                    qkv.narrow(2, from * hd, n * hd)?
+                        .reshape((b, t, n, hd))?
+                        .transpose(1, 2)?
+                        .contiguous()
+                };
+                let (q, k, v) = (heads(0, nh)?, heads(nh, nkv)?, heads(nh + nkv, nkv)?);
                 let (q, k) = op(dev, "rope", || {
                     Ok((
                         candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
@@ -284,14 +342,14 @@ impl Llama {
             })?;
             let h = op(dev, "rms_norm", || self.rms_norm(&x, &layer.post_norm))?;
             let mlp = op(dev, "mlp_gate_up", || {
-                let (g, u) = (layer.gate.forward(&h)?, layer.up.forward(&h)?);
-                op(dev, "silu_mul", || fused::silu_mul(&g, &u))
+                let gu = fused::linear_f32(&h, &layer.gate_up)?;
+                op(dev, "silu_mul", || fused::silu_mul_halves(&gu, self.dtype))
             })?;
             op(dev, "mlp_down+residual", || {
                 fused::linear_add_into(&x, &mlp, &layer.down)
             })?;
         }
-        Ok((x, mass))
+        Ok((x, mass, overflow))
     }
 
     /// Final RMSNorm of the rows that predict scored tokens: position p predicts token
@@ -354,24 +412,27 @@ impl Llama {
         capture: bool,
     ) -> Result<ForwardOutput> {
         let (b, t) = self.check(tokens, score_from)?;
-        let ids = tokens.iter().flatten().copied().collect();
-        let (x, mass) = self.trunk(ids, (b, t), None, capture.then_some(score_from))?;
-        let hidden = self.scored_rows(&x, 1, &[(score_from, t)])?;
+        let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
         let r = t - score_from;
         let targets: Vec<u32> = tokens
             .iter()
             .flat_map(|s| s[score_from..].iter().copied())
             .collect();
-        let flat = self.nll(&hidden.reshape((b * r, self.cfg.hidden_size))?, &targets)?;
-        let nll = Self::split(flat, std::iter::repeat_n(r, b));
-        let attention = match mass {
-            Some(m) => {
-                let denom = (self.cfg.num_layers * self.cfg.num_heads * r) as f64;
-                Some((m / denom)?.to_vec2::<f32>()?)
-            }
-            None => None,
-        };
-        Ok(ForwardOutput { nll, attention })
+        self.with_heads_checked(|| {
+            let capture_from = capture.then_some(score_from);
+            let (x, mass, overflow) = self.trunk(ids.clone(), (b, t), None, capture_from)?;
+            let hidden = self.scored_rows(&x, 1, &[(score_from, t)])?;
+            let flat = self.nll(&hidden.reshape((b * r, self.cfg.hidden_size))?, &targets)?;
+            let nll = Self::split(flat, std::iter::repeat_n(r, b));
+            let attention = match mass {
+                Some(m) => {
+                    let denom = (self.cfg.num_layers * self.cfg.num_heads * r) as f64;
+                    Some((m / denom)?.to_vec2::<f32>()?)
+                }
+                None => None,
+            };
+            Ok((ForwardOutput { nll, attention }, overflow))
+        })
     }
 
     /// Runs sequences of any lengths packed into one row (no padding: each attends only to
@@ -400,14 +461,16 @@ impl Llama {
             start += tok.len();
         }
         self.check_vocab(seqs.iter().flat_map(|s| s.0.iter()))?;
-        let ids = seqs.iter().flat_map(|s| s.0.iter().copied()).collect();
-        let (x, _) = self.trunk(ids, (1, start), Some(&spans), None)?;
-        let hidden = self.scored_rows(&x.squeeze(0)?, 0, &ranges)?;
+        let ids: Vec<u32> = seqs.iter().flat_map(|s| s.0.iter().copied()).collect();
         let targets: Vec<u32> = seqs
             .iter()
             .flat_map(|&(tok, from)| tok[from..].iter().copied())
             .collect();
-        let flat = self.nll(&hidden, &targets)?;
+        let flat = self.with_heads_checked(|| {
+            let (x, _, overflow) = self.trunk(ids.clone(), (1, start), Some(&spans), None)?;
+            let hidden = self.scored_rows(&x.squeeze(0)?, 0, &ranges)?;
+            Ok((self.nll(&hidden, &targets)?, overflow))
+        })?;
         Ok(Self::split(
             flat,
             seqs.iter().map(|&(tok, from)| tok.len() - from),
@@ -419,10 +482,11 @@ impl Llama {
     pub fn scored_logits(&self, tokens: &[u32], score_from: usize) -> Result<Vec<Vec<f32>>> {
         let seq = [tokens.to_vec()];
         let (b, t) = self.check(&seq, score_from)?;
-        let (x, _) = self.trunk(tokens.to_vec(), (b, t), None, None)?;
-        let hidden = self.scored_rows(&x, 1, &[(score_from, t)])?;
-        Ok(self
-            .logits(&hidden.get(0)?, &self.head32()?)?
-            .to_vec2::<f32>()?)
+        self.with_heads_checked(|| {
+            let (x, _, overflow) = self.trunk(tokens.to_vec(), (b, t), None, None)?;
+            let hidden = self.scored_rows(&x, 1, &[(score_from, t)])?;
+            let logits = self.logits(&hidden.get(0)?, &self.head32()?)?;
+            Ok((logits.to_vec2::<f32>()?, overflow))
+        })
     }
 }

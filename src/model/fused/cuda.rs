@@ -120,89 +120,94 @@ pub fn rms_norm_to(
     }
 }
 
-pub fn silu_mul(
-    a: &CudaStorage,
-    (a0, a1): (usize, usize),
-    b: &CudaStorage,
-    (b0, b1): (usize, usize),
+/// `silu_mul_halves_<dtype>`: `rows` rows of `2 f` f32 from `x0` into a fresh `[rows, f]`.
+pub fn silu_mul_halves(
+    x: &CudaStorage,
+    x0: usize,
+    (rows, f): (usize, usize),
+    dtype: DType,
 ) -> Result<CudaStorage> {
     fn go<T: CudaDType + DeviceRepr>(
-        f: &CudaFunction,
+        func: &CudaFunction,
         dev: &CudaDevice,
-        a: &CudaStorage,
-        (a0, a1): (usize, usize),
-        b: &CudaStorage,
-        (b0, b1): (usize, usize),
+        x: &CudaStorage,
+        x0: usize,
+        (rows, f): (usize, usize),
     ) -> Result<CudaStorage> {
-        let n = a1 - a0;
-        let av = a.as_cuda_slice::<T>()?.slice(a0..a1);
-        let bv = b.as_cuda_slice::<T>()?.slice(b0..b1);
+        let n = rows * f;
+        let xv = x.as_cuda_slice::<f32>()?.slice(x0..x0 + 2 * n);
         // SAFETY: every element is written by the kernel before it is read.
         let out = unsafe { dev.alloc::<T>(n)? };
+        let f32_ = f as u32;
         let stream = dev.cuda_stream();
-        let mut l = stream.launch_builder(f);
-        l.arg(&av);
-        l.arg(&bv);
-        l.arg(&out);
-        l.arg(&n);
-        // SAFETY: the three buffers hold n elements; the kernel touches indices < n.
-        unsafe { l.launch(flat(n)) }.w()?;
+        let mut b = stream.launch_builder(func);
+        b.arg(&xv);
+        b.arg(&out);
+        b.arg(&rows);
+        b.arg(&f32_);
+        // SAFETY: x holds rows x 2f f32 and out rows x f; the kernel's indices stay below.
+        unsafe { b.launch(flat(n / 4)) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
-    let dev = a.device.clone();
-    let f = func(&dev, "silu_mul", a.dtype())?;
-    match a.dtype() {
-        DType::F32 => go::<f32>(&f, &dev, a, (a0, a1), b, (b0, b1)),
-        DType::BF16 => go::<half::bf16>(&f, &dev, a, (a0, a1), b, (b0, b1)),
-        _ => go::<half::f16>(&f, &dev, a, (a0, a1), b, (b0, b1)),
+    let dev = x.device.clone();
+    let func = func(&dev, "silu_mul_halves", dtype)?;
+    match dtype {
+        DType::F32 => go::<f32>(&func, &dev, x, x0, (rows, f)),
+        DType::BF16 => go::<half::bf16>(&func, &dev, x, x0, (rows, f)),
+        _ => go::<half::f16>(&func, &dev, x, x0, (rows, f)),
     }
 }
 
-/// `rope_<dtype>` over `x` (`rows` x `heads` x `hd`, contiguous from `x0`) with f32 tables.
-pub fn rope(
+/// `qkv_heads_<dtype>`: `rows` rows of the f32 fused projection from `x0` into a fresh
+/// `[q | k | v | flag]` buffer in `dtype`, the flag zeroed before the kernel may set it.
+pub fn qkv_heads(
     x: &CudaStorage,
     x0: usize,
     (cos, sin): ((&CudaStorage, usize), (&CudaStorage, usize)),
-    (rows, t, heads, hd): (usize, usize, usize, usize),
+    (rows, t): (usize, usize),
+    shape: super::qkv::HeadShape,
+    dtype: DType,
 ) -> Result<CudaStorage> {
-    fn go<T: CudaDType + DeviceRepr>(
+    fn go<T: CudaDType + DeviceRepr + cudarc::driver::ValidAsZeroBits>(
         f: &CudaFunction,
         dev: &CudaDevice,
         x: &CudaStorage,
         x0: usize,
         (cos, sin): ((&CudaStorage, usize), (&CudaStorage, usize)),
-        (rows, t, heads, hd): (usize, usize, usize, usize),
+        (rows, t): (usize, usize),
+        super::qkv::HeadShape { nh, nkv, hd }: super::qkv::HeadShape,
     ) -> Result<CudaStorage> {
-        let n = rows * heads * hd;
+        let n = rows * (nh + 2 * nkv) * hd;
         let half = hd / 2;
-        let xv = x.as_cuda_slice::<T>()?.slice(x0..x0 + n);
+        let xv = x.as_cuda_slice::<f32>()?.slice(x0..x0 + n);
         let cv = cos.0.as_cuda_slice::<f32>()?.slice(cos.1..cos.1 + t * half);
         let sv = sin.0.as_cuda_slice::<f32>()?.slice(sin.1..sin.1 + t * half);
-        // SAFETY: every element is written by the kernel before it is read.
-        let out = unsafe { dev.alloc::<T>(n)? };
-        let (t32, h32, hd32) = (t as u32, heads as u32, hd as u32);
         let stream = dev.cuda_stream();
+        // SAFETY: the kernel writes every element but the flag, zeroed here.
+        let mut out = unsafe { dev.alloc::<T>(n + 1)? };
+        stream.memset_zeros(&mut out.slice_mut(n..n + 1)).w()?;
+        let dims = [t, nh, nkv, hd].map(|v| v as u32);
         let mut b = stream.launch_builder(f);
         b.arg(&xv);
         b.arg(&cv);
         b.arg(&sv);
         b.arg(&out);
         b.arg(&rows);
-        b.arg(&t32);
-        b.arg(&h32);
-        b.arg(&hd32);
-        // SAFETY: x and out hold rows x heads x hd elements, the tables t x hd/2, and the
-        // kernel's indices stay below those (position = row % t).
+        for d in &dims {
+            b.arg(d);
+        }
+        // SAFETY: x holds rows x (nh + 2 nkv) x hd f32, out that many T and the flag, the
+        // tables t x hd/2; the kernel's indices stay below those (position = row % t).
         unsafe { b.launch(flat(n / 2 / 8)) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
     let dev = x.device.clone();
-    let f = func(&dev, "rope", x.dtype())?;
-    let shape = (rows, t, heads, hd);
-    match x.dtype() {
-        DType::F32 => go::<f32>(&f, &dev, x, x0, (cos, sin), shape),
-        DType::BF16 => go::<half::bf16>(&f, &dev, x, x0, (cos, sin), shape),
-        _ => go::<half::f16>(&f, &dev, x, x0, (cos, sin), shape),
+    let f = func(&dev, "qkv_heads", dtype)?;
+    let args = (x, x0, (cos, sin), (rows, t), shape);
+    match dtype {
+        DType::F32 => go::<f32>(&f, &dev, args.0, args.1, args.2, args.3, args.4),
+        DType::BF16 => go::<half::bf16>(&f, &dev, args.0, args.1, args.2, args.3, args.4),
+        _ => go::<half::f16>(&f, &dev, args.0, args.1, args.2, args.3, args.4),
     }
 }
 
@@ -261,14 +266,15 @@ fn blas(dev: &CudaDevice) -> Result<std::sync::Arc<cudarc::cublas::CudaBlas>> {
     Ok(h)
 }
 
-/// `x[m, d] += h[m, k] · w[d, k]ᵀ`: cuBLAS GemmEx, 16-bit inputs, f32 accumulation, the f32
-/// stream as C with beta = 1.
-pub fn gemm_add(
-    x: &mut CudaStorage,
-    x0: usize,
+/// `c[m, d] = h[m, k] · w[d, k]ᵀ + beta c`: cuBLAS GemmEx, 16-bit inputs, f32 accumulation
+/// and f32 output.
+fn gemm_f32(
+    dev: &CudaDevice,
+    c: &mut cudarc::driver::CudaViewMut<'_, f32>,
     (h, h0): (&CudaStorage, usize),
     (w, w0): (&CudaStorage, usize),
     (m, k, d): (usize, usize, usize),
+    beta: f32,
 ) -> Result<()> {
     use cudarc::cublas::{result as cublas, sys};
     fn go<T: CudaDType + DeviceRepr>(
@@ -277,7 +283,7 @@ pub fn gemm_add(
         (h, h0): (&CudaStorage, usize),
         (w, w0): (&CudaStorage, usize),
         (m, k, d): (usize, usize, usize),
-        ty: sys::cudaDataType,
+        (ty, beta): (sys::cudaDataType, f32),
     ) -> Result<()> {
         use cudarc::driver::{DevicePtr, DevicePtrMut};
         let blas = blas(dev)?;
@@ -289,9 +295,11 @@ pub fn gemm_add(
         let (wp, _g2) = wv.device_ptr(&stream);
         let (xp, _g3) = x.device_ptr_mut(&stream);
         let (one, dims) = (1f32, [d, m, k].map(|v| v as i32));
-        // Column-major view: xᵀ (d x m) += wᵀ-as-stored (k x d, transposed) · hᵀ (k x m).
+        // Column-major view: xᵀ (d x m) = wᵀ-as-stored (k x d, transposed) · hᵀ (k x m)
+        // + beta xᵀ.
         // SAFETY: live device allocations of the sizes sliced above, on candle's stream;
-        // alpha and beta are host f32 (the handle's default pointer mode).
+        // alpha and beta are host f32 (the handle's default pointer mode). With beta = 0
+        // cuBLAS does not read C.
         unsafe {
             cublas::gemm_ex(
                 *blas.handle(),
@@ -307,7 +315,7 @@ pub fn gemm_add(
                 hp as *const std::ffi::c_void,
                 ty,
                 dims[2],
-                (&one as *const f32).cast(),
+                (&beta as *const f32).cast(),
                 xp as *mut std::ffi::c_void,
                 sys::cudaDataType::CUDA_R_32F,
                 dims[0],
@@ -319,16 +327,40 @@ pub fn gemm_add(
         Ok(())
     }
     if [m, k, d].iter().any(|&v| v > i32::MAX as usize) {
-        bail!("gemm_add: {m} x {k} x {d} is beyond cuBLAS's 32-bit sizes");
+        bail!("cuBLAS GEMM: {m} x {k} x {d} is beyond its 32-bit sizes");
     }
-    let dev = x.device.clone();
-    let mut xv = x.as_cuda_slice_mut::<f32>()?.slice_mut(x0..x0 + m * d);
     let (hs, ws, dims) = ((h, h0), (w, w0), (m, k, d));
     match h.dtype() {
         DType::BF16 => {
-            go::<half::bf16>(&dev, &mut xv, hs, ws, dims, sys::cudaDataType::CUDA_R_16BF)
+            go::<half::bf16>(dev, c, hs, ws, dims, (sys::cudaDataType::CUDA_R_16BF, beta))
         }
-        DType::F16 => go::<half::f16>(&dev, &mut xv, hs, ws, dims, sys::cudaDataType::CUDA_R_16F),
-        other => bail!("gemm_add: unsupported dtype {other:?}"),
+        DType::F16 => go::<half::f16>(dev, c, hs, ws, dims, (sys::cudaDataType::CUDA_R_16F, beta)),
+        other => bail!("cuBLAS GEMM: unsupported dtype {other:?}"),
     }
+}
+
+/// `x[m, d] += h[m, k] · w[d, k]ᵀ`, the f32 stream as C with beta = 1.
+pub fn gemm_add(
+    x: &mut CudaStorage,
+    x0: usize,
+    h: (&CudaStorage, usize),
+    w: (&CudaStorage, usize),
+    (m, k, d): (usize, usize, usize),
+) -> Result<()> {
+    let dev = x.device.clone();
+    let mut xv = x.as_cuda_slice_mut::<f32>()?.slice_mut(x0..x0 + m * d);
+    gemm_f32(&dev, &mut xv, h, w, (m, k, d), 1.0)
+}
+
+/// `h[m, k] · w[d, k]ᵀ` into a fresh f32 `[m, d]`.
+pub fn gemm_out(
+    h: (&CudaStorage, usize),
+    w: (&CudaStorage, usize),
+    (m, k, d): (usize, usize, usize),
+) -> Result<CudaStorage> {
+    let dev = h.0.device.clone();
+    // SAFETY: with beta = 0 the GEMM writes every element and reads none.
+    let mut out = unsafe { dev.alloc::<f32>(m * d)? };
+    gemm_f32(&dev, &mut out.slice_mut(0..m * d), h, w, (m, k, d), 0.0)?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }

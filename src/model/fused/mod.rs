@@ -1,12 +1,13 @@
 //! A decoder layer's element-wise steps, each fused into one memory pass: the residual
-//! addition into the f32 stream (no cast pass), RMSNorm straight to the matmul dtype (no
-//! f32 intermediate), and the MLP's `silu(gate) * up` (one rounding, one pass). Unfused,
+//! addition into the f32 stream (no cast pass) and RMSNorm straight to the matmul dtype (no
+//! f32 intermediate) here, the others in their own files. Unfused,
 //! these were the casts, additions, norms and activations that took about a quarter of a
 //! 16k-token bf16 pass on the H100. The arithmetic is f32 whatever the storage type.
 //!
-//! The rotary embedding (`rope`), the NLL of logit rows (`nll_rows`) and the residual
-//! projections accumulated into the f32 stream (`linear_add_into`) live in their own files
-//! here, on the same pattern.
+//! In their own files, on the same pattern: the attention heads from the f32 q|k|v
+//! projection, rotated (`qkv_heads`), the MLP's `silu(gate) * up` from the f32 gate|up
+//! projection (`silu_mul_halves`), the NLL of logit rows (`nll_rows`), and the 16-bit
+//! products with f32 results (`linear_add_into` into the residual stream, `linear_f32`).
 //!
 //! CPU and CUDA implement the same formulas (the CUDA kernels are `fused.cu`, compiled to
 //! PTX by build.rs); the CPU versions are what the tests check against plain loops.
@@ -43,20 +44,6 @@ pub fn rms_norm_to(x: &Tensor, w: &Tensor, eps: f32, dtype: DType) -> Result<Ten
     }
     x.contiguous()?
         .apply_op2_no_bwd(&w.contiguous()?, &RmsNormTo { eps, dtype })
-}
-
-/// `silu(a) * b` element-wise, in the dtype of `a` and `b`.
-pub fn silu_mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if a.dims() != b.dims() || a.dtype() != b.dtype() {
-        bail!(
-            "silu_mul: operands {:?} {:?} and {:?} {:?} differ",
-            a.dims(),
-            a.dtype(),
-            b.dims(),
-            b.dtype()
-        );
-    }
-    a.contiguous()?.apply_op2_no_bwd(&b.contiguous()?, &SiluMul)
 }
 
 fn span(l: &Layout, what: &str) -> Result<(usize, usize)> {
@@ -180,67 +167,17 @@ impl CustomOp2 for RmsNormTo {
     }
 }
 
-struct SiluMul;
-
-impl CustomOp2 for SiluMul {
-    fn name(&self) -> &'static str {
-        "silu-mul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        fn go<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
-            let mut out = vec![T::zero(); a.len()];
-            out.par_chunks_mut(CPU_CHUNK)
-                .zip(a.par_chunks(CPU_CHUNK).zip(b.par_chunks(CPU_CHUNK)))
-                .for_each(|(o, (a, b))| {
-                    for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                        let v = silu_f32(a.to_f64() as f32) * b.to_f64() as f32;
-                        *o = T::from_f64(v as f64);
-                    }
-                });
-            out
-        }
-        let (a0, a1) = span(l1, "silu_mul")?;
-        let (b0, b1) = span(l2, "silu_mul")?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(go(&a[a0..a1], &b[b0..b1])),
-            (CpuStorage::BF16(a), CpuStorage::BF16(b)) => {
-                CpuStorage::BF16(go(&a[a0..a1], &b[b0..b1]))
-            }
-            (CpuStorage::F16(a), CpuStorage::F16(b)) => CpuStorage::F16(go(&a[a0..a1], &b[b0..b1])),
-            (a, _) => bail!("silu_mul: unsupported dtype {:?}", a.dtype()),
-        };
-        Ok((out, l1.shape().clone()))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let out = cuda::silu_mul(s1, span(l1, "silu_mul")?, s2, span(l2, "silu_mul")?)?;
-        Ok((out, l1.shape().clone()))
-    }
-}
-
 #[cfg(feature = "cuda")]
 mod cuda;
-mod gemm_add;
+mod gemm;
 mod nll;
-mod rope;
+mod qkv;
+mod swiglu;
 
-pub use gemm_add::linear_add_into;
+pub use gemm::{linear_add_into, linear_f32};
 pub use nll::nll_rows;
-pub use rope::rope;
+pub use qkv::{any_overflow, qkv_heads, HeadShape, Heads};
+pub use swiglu::silu_mul_halves;
 
 #[cfg(test)]
 mod tests {
@@ -323,54 +260,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn silu_mul_rounds_once() {
-        let dev = Device::Cpu;
-        let (a, b) = (values(50_000, 5), values(50_000, 6));
-        for dt in [DType::F32, DType::BF16, DType::F16] {
-            let at = Tensor::from_vec(a.clone(), 50_000, &dev)
-                .unwrap()
-                .to_dtype(dt)
-                .unwrap();
-            let bt = Tensor::from_vec(b.clone(), 50_000, &dev)
-                .unwrap()
-                .to_dtype(dt)
-                .unwrap();
-            let ar = at.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
-            let br = bt.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
-            let got = silu_mul(&at, &bt)
-                .unwrap()
-                .to_dtype(DType::F32)
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            for i in 0..a.len() {
-                let exact = ar[i] as f64 / (1.0 + (-(ar[i] as f64)).exp()) * br[i] as f64;
-                // The exact product of the rounded inputs, rounded once to dt.
-                let want = Tensor::new(&[exact as f32], &dev)
-                    .unwrap()
-                    .to_dtype(dt)
-                    .unwrap()
-                    .to_dtype(DType::F32)
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()[0];
-                let ulp = match dt {
-                    DType::F32 => 1e-6,
-                    DType::BF16 => 1.0 / 128.0,
-                    _ => 1.0 / 1024.0,
-                };
-                let err = (got[i] - want).abs() as f64;
-                // f32 arithmetic may land one rounding step of dt away near a tie.
-                assert!(
-                    err <= ulp * (want.abs() as f64).max(1e-4) + 1e-7,
-                    "{dt:?} {i}: {} vs {want}",
-                    got[i]
-                );
-            }
-        }
-    }
-
     /// The CUDA kernels against the CPU implementations, on lengths with a tail after the
     /// vectors and on views that start off the vector alignment (the scalar path). Needs a
     /// CUDA GPU: `cargo test --features cuda -- --ignored`.
@@ -411,12 +300,6 @@ mod tests {
                 add_into(&xc, &mk(2, &cpu, dt)).unwrap();
                 add_into(&xg, &mk(2, &gpu, dt)).unwrap();
                 assert_eq!(flat(&xc), flat(&xg), "add_into {what}");
-                let got = flat(&silu_mul(&mk(3, &gpu, dt), &mk(4, &gpu, dt)).unwrap());
-                let want = flat(&silu_mul(&mk(3, &cpu, dt), &mk(4, &cpu, dt)).unwrap());
-                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                    // expf and Rust's exp may differ in the last f32 bit: one dt step.
-                    assert!((a - b).abs() <= ulp * b.abs() + 1e-7, "silu_mul {what} {i}");
-                }
                 // Rows read as float4 into registers (4096, 576), and the loop for rows not
                 // a multiple of 4 or longer than the registers hold (4098, 9000).
                 for d in [4096, 576, 4098, 9000] {
@@ -453,6 +336,5 @@ mod tests {
             DType::F32
         )
         .is_err());
-        assert!(silu_mul(&x, &x.to_dtype(DType::BF16).unwrap()).is_err());
     }
 }

@@ -1,12 +1,18 @@
-//! `x += h · wᵀ` for the two products that feed the f32 residual stream (attention output
-//! and MLP down projections): on CUDA one cuBLAS GEMM with 16-bit inputs, f32 accumulation
-//! and the f32 stream itself as its output (`beta = 1`). candle's matmul wrote the product
-//! in the 16-bit dtype and `add_into` added it in a second pass: one rounding of every
-//! residual update to 8 significant bits (bf16) and one more pass over `[T, D]`.
+//! Products of 16-bit weights with f32 results, on CUDA one cuBLAS GEMM each (16-bit inputs,
+//! f32 accumulation, f32 output):
+//! - `x += h · wᵀ` for the two products that feed the f32 residual stream (attention output
+//!   and MLP down projections), the stream itself as the output (`beta = 1`). candle's
+//!   matmul wrote the product in the 16-bit dtype and `add_into` added it in a second pass:
+//!   one rounding of every residual update to 8 significant bits (bf16) and one more pass
+//!   over `[T, D]`.
+//! - `h · wᵀ` in f32 for the q|k|v projection, whose heads are then rounded once, to the
+//!   attention dtype (see `qkv.rs`), instead of to bf16 by the GEMM and again by RoPE.
 
 use super::span;
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, DType, InplaceOp3, Layout, Module, Result, Tensor, D};
+use candle_core::{
+    bail, CpuStorage, CustomOp2, DType, InplaceOp3, Layout, Module, Result, Shape, Tensor, D,
+};
 use candle_nn::Linear;
 use rayon::prelude::*;
 
@@ -22,6 +28,39 @@ pub fn linear_add_into(x: &Tensor, h: &Tensor, lin: &Linear) -> Result<()> {
         return super::add_into(x, &lin.forward(h)?);
     }
     gemm_add(x, h, w)
+}
+
+/// `lin(h)` in f32: fused on CUDA for bf16/f16 weights; elsewhere the product in the
+/// weights' dtype, widened.
+pub fn linear_f32(h: &Tensor, lin: &Linear) -> Result<Tensor> {
+    let fused = h.device().is_cuda()
+        && matches!(h.dtype(), DType::BF16 | DType::F16)
+        && lin.bias().is_none();
+    match fused {
+        true => gemm_out(h, lin.weight()),
+        false => lin.forward(h)?.to_dtype(DType::F32),
+    }
+}
+
+/// `h · wᵀ` in f32 on any device (the CPU version is a plain loop, for the tests).
+pub fn gemm_out(h: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (d, k) = w.dims2()?;
+    if h.dtype() != w.dtype() || h.dim(D::Minus1)? != k {
+        bail!(
+            "gemm_out: input {:?} {:?} and weight {:?} {:?}",
+            h.dtype(),
+            h.dims(),
+            w.dtype(),
+            w.dims()
+        );
+    }
+    let mut dims = h.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = d;
+    }
+    h.contiguous()?
+        .apply_op2_no_bwd(&w.contiguous()?, &GemmOut)?
+        .reshape(dims)
 }
 
 /// `x += h · wᵀ` on any device (the CPU version is a plain loop, for the tests).
@@ -44,6 +83,75 @@ pub fn gemm_add(x: &Tensor, h: &Tensor, w: &Tensor) -> Result<()> {
     x.inplace_op3(&h.contiguous()?, &w.contiguous()?, &GemmAdd)
 }
 
+/// `x[m, d] += h[m, k] · w[d, k]ᵀ` with f64 sums: the reference the CUDA tests check.
+fn cpu_gemm(
+    x: &mut [f32],
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+) -> Result<()> {
+    fn go<T: candle_core::WithDType>(x: &mut [f32], h: &[T], w: &[T], (d, k): (usize, usize)) {
+        x.par_chunks_mut(d).zip(h.par_chunks(k)).for_each(|(x, h)| {
+            for (j, x) in x.iter_mut().enumerate() {
+                let row = &w[j * k..(j + 1) * k];
+                let dot: f64 = h
+                    .iter()
+                    .zip(row)
+                    .map(|(a, b)| a.to_f64() * b.to_f64())
+                    .sum();
+                *x = (*x as f64 + dot) as f32;
+            }
+        });
+    }
+    let (d, k) = l3.shape().dims2()?;
+    let (b0, b1) = span(l2, "gemm")?;
+    let (c0, c1) = span(l3, "gemm")?;
+    match (s2, s3) {
+        (CpuStorage::BF16(h), CpuStorage::BF16(w)) => go(x, &h[b0..b1], &w[c0..c1], (d, k)),
+        (CpuStorage::F16(h), CpuStorage::F16(w)) => go(x, &h[b0..b1], &w[c0..c1], (d, k)),
+        (CpuStorage::F32(h), CpuStorage::F32(w)) => go(x, &h[b0..b1], &w[c0..c1], (d, k)),
+        (h, _) => bail!("gemm: unsupported dtype {:?}", h.dtype()),
+    }
+    Ok(())
+}
+
+struct GemmOut;
+
+impl CustomOp2 for GemmOut {
+    fn name(&self) -> &'static str {
+        "gemm-out"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (d, k) = l2.shape().dims2()?;
+        let m = l1.shape().elem_count() / k;
+        let mut out = vec![0f32; m * d];
+        cpu_gemm(&mut out, (s1, l1), (s2, l2))?;
+        Ok((CpuStorage::F32(out), Shape::from((m, d))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (d, k) = l2.shape().dims2()?;
+        let m = l1.shape().elem_count() / k;
+        let h0 = span(l1, "gemm_out")?.0;
+        let w0 = span(l2, "gemm_out")?.0;
+        let out = super::cuda::gemm_out((s1, h0), (s2, w0), (m, k, d))?;
+        Ok((out, Shape::from((m, d))))
+    }
+}
+
 struct GemmAdd;
 
 impl InplaceOp3 for GemmAdd {
@@ -60,34 +168,11 @@ impl InplaceOp3 for GemmAdd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<()> {
-        fn go<T: candle_core::WithDType>(x: &mut [f32], h: &[T], w: &[T], (d, k): (usize, usize)) {
-            x.par_chunks_mut(d).zip(h.par_chunks(k)).for_each(|(x, h)| {
-                for (j, x) in x.iter_mut().enumerate() {
-                    let row = &w[j * k..(j + 1) * k];
-                    let dot: f64 = h
-                        .iter()
-                        .zip(row)
-                        .map(|(a, b)| a.to_f64() * b.to_f64())
-                        .sum();
-                    *x = (*x as f64 + dot) as f32;
-                }
-            });
-        }
-        let (d, k) = l3.shape().dims2()?;
         let (a0, a1) = span(l1, "gemm_add")?;
-        let (b0, b1) = span(l2, "gemm_add")?;
-        let (c0, c1) = span(l3, "gemm_add")?;
         let CpuStorage::F32(x) = s1 else {
             bail!("gemm_add: the residual stream must be f32")
         };
-        let x = &mut x[a0..a1];
-        match (s2, s3) {
-            (CpuStorage::BF16(h), CpuStorage::BF16(w)) => go(x, &h[b0..b1], &w[c0..c1], (d, k)),
-            (CpuStorage::F16(h), CpuStorage::F16(w)) => go(x, &h[b0..b1], &w[c0..c1], (d, k)),
-            (CpuStorage::F32(h), CpuStorage::F32(w)) => go(x, &h[b0..b1], &w[c0..c1], (d, k)),
-            (h, _) => bail!("gemm_add: unsupported dtype {:?}", h.dtype()),
-        }
-        Ok(())
+        cpu_gemm(&mut x[a0..a1], (s2, l2), (s3, l3))
     }
 
     #[cfg(feature = "cuda")]
@@ -137,6 +222,23 @@ mod tests {
         let y = x0.copy().unwrap();
         linear_add_into(&y, &h, &Linear::new(w.clone(), None)).unwrap();
         assert!(max_diff(&y, &x) < 1e-5);
+        // The product alone, into a fresh f32 tensor of the input's leading shape; from
+        // bf16 operands, the product of the widened values.
+        let want = h.broadcast_matmul(&w.t().unwrap()).unwrap();
+        let got = gemm_out(&h, &w).unwrap();
+        assert_eq!(got.dims(), [2, 3, d]);
+        assert!(max_diff(&got, &want) < 1e-5);
+        let (hb, wb) = (
+            h.to_dtype(DType::BF16).unwrap(),
+            w.to_dtype(DType::BF16).unwrap(),
+        );
+        let wide = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let want = wide(&hb).broadcast_matmul(&wide(&wb).t().unwrap()).unwrap();
+        let got = gemm_out(&hb, &wb).unwrap();
+        assert_eq!(got.dtype(), DType::F32);
+        assert!(max_diff(&got, &want) < 1e-5);
+        let lin = linear_f32(&h, &Linear::new(w.clone(), None)).unwrap();
+        assert!(max_diff(&lin, &gemm_out(&h, &w).unwrap()) < 1e-5);
     }
 
     #[test]
@@ -153,11 +255,12 @@ mod tests {
     }
 
     /// cuBLAS against the CPU loop, bf16 and f16, on a 7B layer's shapes cut down (K and
-    /// D not multiples of the tile sizes) and accumulating into a stream that is not zero.
+    /// D not multiples of the tile sizes): accumulating into a stream that is not zero, and
+    /// the product alone.
     #[cfg(feature = "cuda")]
     #[test]
     #[ignore = "needs a CUDA GPU"]
-    fn cuda_kernels_gemm_add_equals_the_cpu_loop() {
+    fn cuda_kernels_gemm_equals_the_cpu_loop() {
         let gpu = Device::new_cuda(0).expect("a CUDA device");
         let cpu = Device::Cpu;
         for (m, k, d) in [(1037, 4096, 576), (300, 1536, 4096), (5, 100, 37)] {
@@ -173,7 +276,13 @@ mod tests {
                     .unwrap();
                 let xg = x.to_device(&gpu).unwrap();
                 let on = |t: &Tensor| t.to_device(&gpu).unwrap();
-                linear_add_into(&xg, &on(&h), &Linear::new(on(&w), None)).unwrap();
+                let lin = Linear::new(on(&w), None);
+                // Product alone and accumulated: the same cuBLAS call with beta 0 and 1.
+                let prod = linear_f32(&on(&h), &lin).unwrap().to_device(&cpu).unwrap();
+                let prod = (&x + prod).unwrap();
+                linear_add_into(&xg, &on(&h), &lin).unwrap();
+                assert_eq!(prod.dims(), xg.dims());
+                let prod = prod.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 gemm_add(&x, &h, &w).unwrap();
                 let got = xg.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let want = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -186,10 +295,17 @@ mod tests {
                 gemm_add(&mag, &h.abs().unwrap(), &w.abs().unwrap()).unwrap();
                 let mag = mag.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let tol = k as f32 * f32::EPSILON / 2.0 * mag[i] + 1e-6;
                     assert!(
-                        (g - w).abs() <= k as f32 * f32::EPSILON / 2.0 * mag[i] + 1e-6,
+                        (g - w).abs() <= tol,
                         "{dt:?} {m}x{k}x{d} [{i}]: {g} vs {w} (sum |terms| {})",
                         mag[i]
+                    );
+                    // x + product rounds once more in f32: one step of |x| beyond.
+                    let p = prod[i];
+                    assert!(
+                        (p - w).abs() <= tol + w.abs() * f32::EPSILON,
+                        "product [{i}]"
                     );
                 }
             }
