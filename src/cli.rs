@@ -59,7 +59,8 @@ pub struct BenchArgs {
     /// Segment length L.
     #[arg(long, default_value_t = 128)]
     pub segment_len: usize,
-    /// Segment passes timed per context length.
+    /// Segment passes timed per context length, at least: whole batches of a sample of
+    /// that context (ctx / L segments, at most 500), batched as `score` batches them.
     #[arg(long, default_value_t = 32)]
     pub segments: usize,
     /// Most tokens in one batched segment pass [default: what `gateau score` picks on the

@@ -96,7 +96,9 @@ pub fn batched_ppl(
         return Ok(Vec::new());
     };
     let mut out = Vec::with_capacity(seqs.len());
-    for r in batch_ranges(seqs.len(), first.len(), budget) {
+    let batches = batch_ranges(seqs.len(), first.len(), budget);
+    let _plan = model.plan_batches(batches.iter().map(|r| (r.len(), first.len())));
+    for r in batches {
         let o = model.forward(&seqs[r], resp_start, false)?;
         out.extend(o.nll.iter().map(|n| ppl(n)));
     }
@@ -195,6 +197,21 @@ pub fn full_passes(
     if rs == 0 {
         bail!("nothing precedes the response: the model has no BOS and the prompt is empty");
     }
+    let starts = segment_starts(t.ctx.len(), s.segment_len, s.max_segments);
+    let seqs: Vec<Vec<u32>> = starts
+        .iter()
+        .map(|&st| t.segment(st, s.segment_len))
+        .collect();
+    // The segment batches, announced now: the long pass builds their attention graphs
+    // while the GPU runs it (where they pay for one; packed runs use none).
+    let _plan = seqs.first().map(|q| {
+        let n = q.len();
+        long.plan_batches(
+            batch_ranges(seqs.len(), n, s.max_batch_tokens)
+                .iter()
+                .map(|r| (r.len(), n)),
+        )
+    });
     let mut model_tokens = full.len();
     let out = long.forward(std::slice::from_ref(&full), rs, true)?;
     let ppl_long = ppl(&out.nll[0]);
@@ -215,11 +232,6 @@ pub fn full_passes(
         None
     };
 
-    let starts = segment_starts(t.ctx.len(), s.segment_len, s.max_segments);
-    let seqs: Vec<Vec<u32>> = starts
-        .iter()
-        .map(|&st| t.segment(st, s.segment_len))
-        .collect();
     model_tokens += seqs.iter().map(|q| q.len()).sum::<usize>();
     let base = t.ctx_start();
     let seg_attn: Vec<f64> = starts

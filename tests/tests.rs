@@ -1,5 +1,6 @@
 //! gateau's integration tests: one binary, one module per area.
 
+mod bench_cli;
 mod common;
 mod forward;
 mod gguf;

@@ -46,6 +46,7 @@ extern "C" {
         err: *mut c_char,
         n: usize,
     ) -> i32;
+    fn gateau_cudnn_sdpa_cached(s: *const GateauSdpa) -> i32;
     #[allow(clippy::too_many_arguments)]
     fn gateau_cudnn_sdpa_run(
         s: *const GateauSdpa,
@@ -100,6 +101,75 @@ pub fn load() -> std::result::Result<usize, String> {
 /// dimension contiguous; output `[B, T, H, hd]` contiguous.
 pub fn causal(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
     q.apply_op3_no_bwd(k, v, &Sdpa { scale })
+}
+
+/// Whether this thread has cuDNN's graph for these operands' shape already, so that
+/// [`causal`] would run without building one (false where cuDNN cannot be loaded).
+pub fn cached(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> bool {
+    let (candle_core::Device::Cuda(dev), Ok(mut shape)) = (
+        q.device(),
+        Sdpa { scale }.shape(q.layout(), k.layout(), v.layout()),
+    ) else {
+        return false;
+    };
+    shape.device = dev.cuda_stream().context().ordinal() as i32;
+    shape.dtype = match q.dtype() {
+        DType::BF16 => 0,
+        DType::F16 => 1,
+        _ => return false,
+    };
+    // SAFETY: `shape` is a live local; the callee only reads it.
+    load().is_ok() && unsafe { gateau_cudnn_sdpa_cached(&shape) } == 1
+}
+
+/// Builds and caches on this thread cuDNN's graph for attention over contiguous q
+/// `[b, t, hq, d]` and k, v `[b, t, hkv, d]` in `dtype` (the layout the model's heads
+/// have), without running it: a later [`causal`] call on such operands finds it ready.
+pub fn prebuild(
+    device: &candle_core::Device,
+    dtype: DType,
+    (b, t, hq, hkv, d): (usize, usize, usize, usize, usize),
+    scale: f32,
+) -> Result<()> {
+    let candle_core::Device::Cuda(dev) = device else {
+        bail!("cudnn attention runs on CUDA only");
+    };
+    if let Err(e) = load() {
+        bail!("{e}");
+    }
+    let rows = |h: usize| [(t * h * d) as i64, d as i64, (h * d) as i64, 1];
+    let shape = GateauSdpa {
+        device: dev.cuda_stream().context().ordinal() as i32,
+        dtype: match dtype {
+            DType::BF16 => 0,
+            DType::F16 => 1,
+            other => bail!("cudnn attention: no kernel for {other:?} (bf16 or f16)"),
+        },
+        b: b as i64,
+        t: t as i64,
+        hq: hq as i64,
+        hkv: hkv as i64,
+        d: d as i64,
+        q_stride: rows(hq),
+        k_stride: rows(hkv),
+        v_stride: rows(hkv),
+        o_stride: rows(hq),
+        scale,
+    };
+    dev.cuda_stream()
+        .context()
+        .bind_to_thread()
+        .map_err(|e| candle_core::Error::Msg(format!("cudnn attention: {e:?}")))?;
+    let mut err = vec![0u8; ERR_LEN];
+    let mut ws_bytes = 0i64;
+    // SAFETY: `shape` and the out-pointers are live locals; the buffer length is passed.
+    let rc = unsafe {
+        gateau_cudnn_sdpa_prepare(&shape, &mut ws_bytes, err.as_mut_ptr().cast(), err.len())
+    };
+    if rc != 0 {
+        bail!("{}", message(&err));
+    }
+    Ok(())
 }
 
 struct Sdpa {
@@ -301,6 +371,8 @@ mod tests {
                 (1, 2304, 32, 32, 128),
                 (3, 517, 9, 3, 64),
                 (1, 2048, 9, 3, 64),
+                (22, 705, 8, 8, 128),
+                (40, 301, 9, 3, 64),
             ] {
                 let qkv = Tensor::randn(0f32, 1.0, (b, t, (h + 2 * kv) * hd), &gpu)
                     .unwrap()
@@ -312,6 +384,14 @@ mod tests {
                 let k = qkv.narrow(2, h, kv).unwrap();
                 let v = qkv.narrow(2, h + kv, kv).unwrap();
                 let scale = 1.0 / (hd as f32).sqrt();
+                // The model's contiguous heads: a graph built ahead is the one a call finds.
+                let own = |x: &Tensor| x.contiguous().unwrap();
+                let (qc, kc, vc) = (own(&q), own(&k), own(&v));
+                if b > 1 {
+                    assert!(!cached(&qc, &kc, &vc, scale));
+                    prebuild(&gpu, dt, (b, t, h, kv, hd), scale).unwrap();
+                    assert!(cached(&qc, &kc, &vc, scale), "prebuilt {:?}", (b, t));
+                }
                 let start = Instant::now();
                 let got = causal(&q, &k, &v, scale).unwrap();
                 gpu.synchronize().unwrap();

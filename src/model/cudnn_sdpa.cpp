@@ -221,6 +221,15 @@ int gateau_cudnn_sdpa_prepare(const GateauSdpa *s, int64_t *workspace, char *err
     });
 }
 
+// 1 when this thread holds the graph for this shape already (a call would build none).
+int gateau_cudnn_sdpa_cached(const GateauSdpa *s) {
+    try {
+        return cache().graphs.count(key_of(*s)) ? 1 : 0;
+    } catch (...) {
+        return 0;
+    }
+}
+
 // Runs the graph prepared for this shape on `stream`.
 int gateau_cudnn_sdpa_run(const GateauSdpa *s,
                           void *stream,

@@ -145,6 +145,34 @@ impl Llama {
             .store(on && self.dtype == DType::BF16, Ordering::Relaxed);
     }
 
+    /// Announces forward passes of these `(B, T)` shapes about to run on this thread, so
+    /// that the attention kernel is chosen for the whole set (see
+    /// [`super::kernel::plan_batches`]); in effect until the guard drops.
+    pub fn plan_batches(
+        &self,
+        shapes: impl IntoIterator<Item = (usize, usize)>,
+    ) -> super::kernel::PlanGuard {
+        super::kernel::plan_batches(shapes, self.cfg.num_heads, self.cfg.num_layers)
+    }
+
+    /// Builds the cuDNN graphs of the shapes announced on this thread (see
+    /// [`super::kernel::prebuild_planned`]), for this model's heads as the split path
+    /// makes them.
+    fn prebuild_planned(&self) {
+        if self.split {
+            let heads = match self.f16_heads() {
+                true => DType::F16,
+                false => self.dtype,
+            };
+            let c = &self.cfg;
+            super::kernel::prebuild_planned(
+                &self.device,
+                heads,
+                (c.num_heads, c.num_kv_heads, c.head_dim),
+            );
+        }
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }
@@ -394,6 +422,7 @@ impl Llama {
             })?);
             s += n;
         }
+        self.prebuild_planned();
         Ok(Tensor::cat(&parts, 0)?.to_vec1::<f32>()?)
     }
 

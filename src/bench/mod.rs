@@ -4,55 +4,17 @@
 //! same run, MFU, and device memory in use. FLOPs are counted as the PyTorch anchor
 //! (../shared/bench/torch_pipeline_bench.py) counts them, so the two compare directly.
 
-use crate::model::{open_device, profile, DeviceChoice, Llama, ModelConfig};
+use crate::model::kernel::kernel_for;
+use crate::model::{open_device, profile, DeviceChoice, Llama};
 use crate::passes::{batch_ranges, pack_rows};
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use clap::ValueEnum;
+use candle_core::{DType, Device};
 use serde::Serialize;
-use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Instant;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-pub enum Shape {
-    #[value(name = "llama2-7b")]
-    Llama2_7b,
-    #[value(name = "llama2-13b")]
-    Llama2_13b,
-    #[value(name = "llama3-8b")]
-    Llama3_8b,
-    #[value(name = "smollm2-135m")]
-    Smollm2_135m,
-}
-
-impl Shape {
-    pub fn config(self) -> ModelConfig {
-        // (hidden, inter, layers, heads, kv, vocab, theta)
-        let (d, f, l, h, kv, v, theta) = match self {
-            Shape::Llama2_7b => (4096, 11008, 32, 32, 32, 32000, 10000.0),
-            Shape::Llama2_13b => (5120, 13824, 40, 40, 40, 32000, 10000.0),
-            Shape::Llama3_8b => (4096, 14336, 32, 32, 8, 128256, 500000.0),
-            Shape::Smollm2_135m => (576, 1536, 30, 9, 3, 49152, 100000.0),
-        };
-        ModelConfig {
-            hidden_size: d,
-            intermediate_size: f,
-            vocab_size: v,
-            num_layers: l,
-            num_heads: h,
-            num_kv_heads: kv,
-            head_dim: d / h,
-            rms_norm_eps: 1e-5,
-            rope_theta: theta,
-            rope_scaling: None,
-            max_position_embeddings: 131072,
-            tie_word_embeddings: false,
-            bos_token_id: Some(1),
-        }
-    }
-}
+mod synthetic;
+pub use synthetic::{flops_per_seq, matmul_peak, random_model, synthetic, Shape};
 
 /// What `gateau bench` runs.
 #[derive(Debug, Clone)]
@@ -96,49 +58,6 @@ pub struct PhaseResult {
     pub profile: Option<Vec<(String, f64, u64)>>,
 }
 
-/// Random weights (N(0, 0.02), norms 1) created on the device.
-pub fn random_model(cfg: &ModelConfig, device: &Device, dtype: DType) -> Result<Llama> {
-    let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-    let (q, kv) = (
-        cfg.num_heads * cfg.head_dim,
-        cfg.num_kv_heads * cfg.head_dim,
-    );
-    let mut w = HashMap::new();
-    let rand =
-        |w: &mut HashMap<String, Tensor>, name: String, shape: (usize, usize)| -> Result<()> {
-            w.insert(
-                name,
-                Tensor::randn(0f32, 0.02, shape, device)?.to_dtype(dtype)?,
-            );
-            Ok(())
-        };
-    rand(&mut w, "model.embed_tokens.weight".into(), (v, d))?;
-    rand(&mut w, "lm_head.weight".into(), (v, d))?;
-    for l in 0..cfg.num_layers {
-        let p = format!("model.layers.{l}");
-        rand(&mut w, format!("{p}.self_attn.q_proj.weight"), (q, d))?;
-        rand(&mut w, format!("{p}.self_attn.k_proj.weight"), (kv, d))?;
-        rand(&mut w, format!("{p}.self_attn.v_proj.weight"), (kv, d))?;
-        rand(&mut w, format!("{p}.self_attn.o_proj.weight"), (d, q))?;
-        rand(&mut w, format!("{p}.mlp.gate_proj.weight"), (f, d))?;
-        rand(&mut w, format!("{p}.mlp.up_proj.weight"), (f, d))?;
-        rand(&mut w, format!("{p}.mlp.down_proj.weight"), (d, f))?;
-        for n in ["input_layernorm", "post_attention_layernorm"] {
-            w.insert(format!("{p}.{n}.weight"), Tensor::ones(d, dtype, device)?);
-        }
-    }
-    w.insert("model.norm.weight".into(), Tensor::ones(d, dtype, device)?);
-    Llama::load(VarBuilder::from_tensors(w, dtype, device), cfg.clone())
-}
-
-/// FLOPs of one sequence of length t, as the PyTorch anchor counts them: 2 x parameters
-/// (all but the embedding) per token, plus causal attention 2 x layers x hidden x t^2.
-pub fn flops_per_seq(cfg: &ModelConfig, t: usize) -> f64 {
-    let norms = (2 * cfg.num_layers + 1) * cfg.hidden_size;
-    let params = (cfg.matmul_params() + norms as u64) as f64;
-    2.0 * params * t as f64 + 2.0 * (cfg.num_layers * cfg.hidden_size) as f64 * (t * t) as f64
-}
-
 fn time<F: FnMut() -> Result<()>>(
     device: &Device,
     warmup: usize,
@@ -155,31 +74,6 @@ fn time<F: FnMut() -> Result<()>>(
     }
     device.synchronize()?;
     Ok(t.elapsed().as_secs_f64() / repeat as f64)
-}
-
-/// Measured dense matmul rate of the device in `dtype` (8192^3 on GPUs, 1024^3 on CPUs).
-pub fn matmul_peak(device: &Device, dtype: DType) -> Result<f64> {
-    let n = if device.is_cpu() { 1024 } else { 8192 };
-    let a = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
-    let b = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
-    let reps = if device.is_cpu() { 2 } else { 20 };
-    let s = time(device, 1, reps, || {
-        a.matmul(&b)?;
-        Ok(())
-    })?;
-    Ok(2.0 * (n as f64).powi(3) / s / 1e12)
-}
-
-fn synthetic(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    std::iter::once(1)
-        .chain((1..n).map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            3 + (x % (vocab as u64 - 3)) as u32
-        }))
-        .collect()
 }
 
 pub fn run(s: BenchSettings) -> Result<ExitCode> {
@@ -211,11 +105,27 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
         let from = t - s.resp;
         let one = std::slice::from_ref(&seq);
         let ts = 1 + s.segment_len + s.mid + s.resp;
-        let segs: Vec<Vec<u32>> = (0..s.segments)
+        // A whole sample at this context has ctx / L segments (at most 500), batched as
+        // `score` batches them; its first batches, at least --segments segments, are timed,
+        // announced with the whole sample's batches so that the kernels are chosen as in a
+        // real run.
+        let n_seg = (ctx / s.segment_len).min(500);
+        let sample = batch_ranges(n_seg, ts, budget);
+        let mut batches = Vec::new();
+        let mut timed = 0;
+        for r in &sample {
+            if timed >= s.segments {
+                break;
+            }
+            timed += r.len();
+            batches.push(r.clone());
+        }
+        let segs: Vec<Vec<u32>> = (0..timed)
             .map(|i| synthetic(ts, cfg.vocab_size, i as u64))
             .collect();
-        let batches = batch_ranges(segs.len(), ts, budget);
         let per = batches.iter().map(|r| r.len()).max().unwrap_or(0);
+        let plan = model.plan_batches(sample.iter().map(|r| (r.len(), ts)));
+        let kernels = [kernel_for(1, t), kernel_for(1, t), kernel_for(per, ts)];
         let phases: [(String, usize, f64, Work); 3] = [
             (
                 "full pass (no capture)".into(),
@@ -231,8 +141,8 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
             ),
             (
                 format!("segment passes (batch {per})"),
-                ts * s.segments,
-                flops_per_seq(&cfg, ts) * s.segments as f64,
+                ts * timed,
+                flops_per_seq(&cfg, ts) * timed as f64,
                 Box::new(|| {
                     for r in &batches {
                         model.forward(&segs[r.clone()], ts - s.resp, false)?;
@@ -241,18 +151,26 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
                 }),
             ),
         ];
-        for (name, tokens, flops, work) in phases {
-            let r = measure(&s, &device, peak, (ctx, name), (tokens, flops), &work)?;
+        for ((name, tokens, flops, work), kernel) in phases.into_iter().zip(kernels) {
+            let mut r = measure(&s, &device, peak, (ctx, name), (tokens, flops), &work)?;
+            r.attention = kernel;
             results.push(r);
         }
-        // A whole sample at this context: both full passes plus its segment passes
-        // (ctx / L of them, at most 500), at the rates just measured.
+        drop(plan);
+        // A whole sample at this context from the rates just measured (warm caches, as
+        // the PyTorch anchor's figures are), then one measured as `score` runs it.
         let n = results.len();
         let (short, long, seg) = (&results[n - 3], &results[n - 2], &results[n - 1]);
-        let n_seg = (ctx / s.segment_len).min(500);
-        let e2e =
-            short.seconds + long.seconds + seg.seconds / s.segments.max(1) as f64 * n_seg as f64;
-        eprintln!("  ctx {ctx:>6}  end to end per sample ({n_seg} segments): {e2e:.3} s");
+        let e2e = short.seconds + long.seconds + seg.seconds / timed.max(1) as f64 * n_seg as f64;
+        eprintln!(
+            "  ctx {ctx:>6}  end to end per sample ({n_seg} segments), from the phases: {e2e:.3} s"
+        );
+        let r = whole_sample(&s, &model, &device, (ctx, n_seg), (peak, budget))?;
+        eprintln!(
+            "  ctx {ctx:>6}  end to end per sample ({n_seg} segments), measured: {:.3} s",
+            r.seconds
+        );
+        results.push(r);
     }
     if s.small_segments > 0 {
         results.extend(small_samples(&s, &model, &device, (peak, budget))?);
@@ -268,6 +186,55 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
         std::fs::write(p, lines.join("\n") + "\n")?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One whole sample measured as `score` runs it: the long pass with the capture (the
+/// segment batches announced, so their cuDNN graphs are built during it), the short pass,
+/// then the segment passes. Its response is one token longer than the phases', so every
+/// shape is new and each graph is built as in a real run, where lengths vary.
+fn whole_sample(
+    s: &BenchSettings,
+    model: &Llama,
+    device: &Device,
+    (ctx, n_seg): (usize, usize),
+    (peak, budget): (f64, usize),
+) -> Result<PhaseResult> {
+    let cfg = model.config();
+    let resp = s.resp + 1;
+    let t = 1 + ctx + s.mid + resp;
+    let seq = synthetic(t, cfg.vocab_size, 11 + ctx as u64);
+    let ts = 1 + s.segment_len + s.mid + resp;
+    let segs: Vec<Vec<u32>> = (0..n_seg)
+        .map(|i| synthetic(ts, cfg.vocab_size, 5000 + i as u64))
+        .collect();
+    let batches = batch_ranges(n_seg, ts, budget);
+    let one = std::slice::from_ref(&seq);
+    device.synchronize()?;
+    let start = Instant::now();
+    {
+        let _plan = model.plan_batches(batches.iter().map(|r| (r.len(), ts)));
+        model.forward(one, t - resp, true)?;
+        model.forward(one, t - resp, false)?;
+    }
+    crate::passes::batched_ppl(model, &segs, ts - resp, budget)?;
+    device.synchronize()?;
+    let seconds = start.elapsed().as_secs_f64();
+    let tokens = 2 * t + n_seg * ts;
+    let flops = 2.0 * flops_per_seq(cfg, t) + n_seg as f64 * flops_per_seq(cfg, ts);
+    Ok(PhaseResult {
+        shape: s.shape,
+        ctx,
+        phase: format!("whole sample, measured ({n_seg} segments)"),
+        attention: crate::model::kernel::current(),
+        tokens,
+        seconds,
+        tokens_per_s: tokens as f64 / seconds,
+        tflops: flops / seconds / 1e12,
+        matmul_peak_tflops: peak,
+        mfu: flops / seconds / 1e12 / peak,
+        peak_mem_gb: None,
+        profile: None,
+    })
 }
 
 type Work<'a> = Box<dyn Fn() -> Result<()> + 'a>;
@@ -403,29 +370,7 @@ fn small_samples(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn flops_match_the_anchor_formula_for_llama2_7b() {
-        // torch: n_params - embedding = 6,738,415,616 - 131,072,000 (LLaMA-2-7B).
-        let c = Shape::Llama2_7b.config();
-        let want = 6_607_343_616f64;
-        let got = (flops_per_seq(&c, 1) - 2.0 * 32.0 * 4096.0) / 2.0;
-        assert_eq!(got, want);
-    }
-
-    #[test]
-    fn bench_runs_on_the_cpu() {
-        let cfg = ModelConfig {
-            num_layers: 2,
-            ..Shape::Smollm2_135m.config()
-        };
-        let m = random_model(&cfg, &Device::Cpu, DType::F32).unwrap();
-        let seq = synthetic(40, cfg.vocab_size, 1);
-        let o = m.forward(std::slice::from_ref(&seq), 30, true).unwrap();
-        assert_eq!(o.nll[0].len(), 10);
-        let total: f32 = o.attention.unwrap()[0].iter().sum();
-        assert!((total - 1.0).abs() < 1e-4);
-    }
+    use crate::model::ModelConfig;
 
     #[test]
     fn small_sample_phases_time_the_same_work() {

@@ -1,0 +1,147 @@
+//! What `gateau bench` runs on: LLaMA shapes with random weights made on the device,
+//! synthetic token sequences, FLOP counts as the PyTorch anchor counts them, and the
+//! device's measured matmul rate.
+
+use super::time;
+use crate::model::{Llama, ModelConfig};
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use clap::ValueEnum;
+use serde::Serialize;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum Shape {
+    #[value(name = "llama2-7b")]
+    Llama2_7b,
+    #[value(name = "llama2-13b")]
+    Llama2_13b,
+    #[value(name = "llama3-8b")]
+    Llama3_8b,
+    #[value(name = "smollm2-135m")]
+    Smollm2_135m,
+}
+
+impl Shape {
+    pub fn config(self) -> ModelConfig {
+        // (hidden, inter, layers, heads, kv, vocab, theta)
+        let (d, f, l, h, kv, v, theta) = match self {
+            Shape::Llama2_7b => (4096, 11008, 32, 32, 32, 32000, 10000.0),
+            Shape::Llama2_13b => (5120, 13824, 40, 40, 40, 32000, 10000.0),
+            Shape::Llama3_8b => (4096, 14336, 32, 32, 8, 128256, 500000.0),
+            Shape::Smollm2_135m => (576, 1536, 30, 9, 3, 49152, 100000.0),
+        };
+        ModelConfig {
+            hidden_size: d,
+            intermediate_size: f,
+            vocab_size: v,
+            num_layers: l,
+            num_heads: h,
+            num_kv_heads: kv,
+            head_dim: d / h,
+            rms_norm_eps: 1e-5,
+            rope_theta: theta,
+            rope_scaling: None,
+            max_position_embeddings: 131072,
+            tie_word_embeddings: false,
+            bos_token_id: Some(1),
+        }
+    }
+}
+
+/// Random weights (N(0, 0.02), norms 1) created on the device.
+pub fn random_model(cfg: &ModelConfig, device: &Device, dtype: DType) -> Result<Llama> {
+    let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (q, kv) = (
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+    );
+    let mut w = HashMap::new();
+    let rand =
+        |w: &mut HashMap<String, Tensor>, name: String, shape: (usize, usize)| -> Result<()> {
+            w.insert(
+                name,
+                Tensor::randn(0f32, 0.02, shape, device)?.to_dtype(dtype)?,
+            );
+            Ok(())
+        };
+    rand(&mut w, "model.embed_tokens.weight".into(), (v, d))?;
+    rand(&mut w, "lm_head.weight".into(), (v, d))?;
+    for l in 0..cfg.num_layers {
+        let p = format!("model.layers.{l}");
+        rand(&mut w, format!("{p}.self_attn.q_proj.weight"), (q, d))?;
+        rand(&mut w, format!("{p}.self_attn.k_proj.weight"), (kv, d))?;
+        rand(&mut w, format!("{p}.self_attn.v_proj.weight"), (kv, d))?;
+        rand(&mut w, format!("{p}.self_attn.o_proj.weight"), (d, q))?;
+        rand(&mut w, format!("{p}.mlp.gate_proj.weight"), (f, d))?;
+        rand(&mut w, format!("{p}.mlp.up_proj.weight"), (f, d))?;
+        rand(&mut w, format!("{p}.mlp.down_proj.weight"), (d, f))?;
+        for n in ["input_layernorm", "post_attention_layernorm"] {
+            w.insert(format!("{p}.{n}.weight"), Tensor::ones(d, dtype, device)?);
+        }
+    }
+    w.insert("model.norm.weight".into(), Tensor::ones(d, dtype, device)?);
+    Llama::load(VarBuilder::from_tensors(w, dtype, device), cfg.clone())
+}
+
+/// FLOPs of one sequence of length t, as the PyTorch anchor counts them: 2 x parameters
+/// (all but the embedding) per token, plus causal attention 2 x layers x hidden x t^2.
+pub fn flops_per_seq(cfg: &ModelConfig, t: usize) -> f64 {
+    let norms = (2 * cfg.num_layers + 1) * cfg.hidden_size;
+    let params = (cfg.matmul_params() + norms as u64) as f64;
+    2.0 * params * t as f64 + 2.0 * (cfg.num_layers * cfg.hidden_size) as f64 * (t * t) as f64
+}
+
+/// Measured dense matmul rate of the device in `dtype` (8192^3 on GPUs, 1024^3 on CPUs).
+pub fn matmul_peak(device: &Device, dtype: DType) -> Result<f64> {
+    let n = if device.is_cpu() { 1024 } else { 8192 };
+    let a = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    let reps = if device.is_cpu() { 2 } else { 20 };
+    let s = time(device, 1, reps, || {
+        a.matmul(&b)?;
+        Ok(())
+    })?;
+    Ok(2.0 * (n as f64).powi(3) / s / 1e12)
+}
+
+pub fn synthetic(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    std::iter::once(1)
+        .chain((1..n).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            3 + (x % (vocab as u64 - 3)) as u32
+        }))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flops_match_the_anchor_formula_for_llama2_7b() {
+        // torch: n_params - embedding = 6,738,415,616 - 131,072,000 (LLaMA-2-7B).
+        let c = Shape::Llama2_7b.config();
+        let want = 6_607_343_616f64;
+        let got = (flops_per_seq(&c, 1) - 2.0 * 32.0 * 4096.0) / 2.0;
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn bench_runs_on_the_cpu() {
+        let cfg = ModelConfig {
+            num_layers: 2,
+            ..Shape::Smollm2_135m.config()
+        };
+        let m = random_model(&cfg, &Device::Cpu, DType::F32).unwrap();
+        let seq = synthetic(40, cfg.vocab_size, 1);
+        let o = m.forward(std::slice::from_ref(&seq), 30, true).unwrap();
+        assert_eq!(o.nll[0].len(), 10);
+        let total: f32 = o.attention.unwrap()[0].iter().sum();
+        assert!((total - 1.0).abs() < 1e-4);
+    }
+}
