@@ -156,6 +156,12 @@ pub fn prebuild(
         o_stride: rows(hq),
         scale,
     };
+    prepare(dev, &shape).map(|_| ())
+}
+
+/// Builds (or finds) this thread's graph for `shape` on `dev`: its workspace size in bytes.
+fn prepare(dev: &candle_core::CudaDevice, shape: &GateauSdpa) -> Result<usize> {
+    // cuDNN and the CUDA runtime it calls work on the thread's current context.
     dev.cuda_stream()
         .context()
         .bind_to_thread()
@@ -164,12 +170,12 @@ pub fn prebuild(
     let mut ws_bytes = 0i64;
     // SAFETY: `shape` and the out-pointers are live locals; the buffer length is passed.
     let rc = unsafe {
-        gateau_cudnn_sdpa_prepare(&shape, &mut ws_bytes, err.as_mut_ptr().cast(), err.len())
+        gateau_cudnn_sdpa_prepare(shape, &mut ws_bytes, err.as_mut_ptr().cast(), err.len())
     };
     if rc != 0 {
         bail!("{}", message(&err));
     }
-    Ok(())
+    Ok(ws_bytes.max(0) as usize)
 }
 
 struct Sdpa {
@@ -271,27 +277,15 @@ fn run<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRepr>(
     shape.dtype = dtype;
     let dev = s1.device().clone();
     let stream = dev.cuda_stream();
-    // cuDNN and the CUDA runtime it calls work on the thread's current context.
-    stream
-        .context()
-        .bind_to_thread()
-        .map_err(|e| candle_core::Error::Msg(format!("cudnn attention: {e:?}")))?;
+    let ws_bytes = prepare(&dev, &shape)?;
     let mut err = vec![0u8; ERR_LEN];
-    let mut ws_bytes = 0i64;
-    // SAFETY: `shape` and the out-pointers are live locals; the buffer length is passed.
-    let rc = unsafe {
-        gateau_cudnn_sdpa_prepare(&shape, &mut ws_bytes, err.as_mut_ptr().cast(), err.len())
-    };
-    if rc != 0 {
-        bail!("{}", message(&err));
-    }
     let q = s1.as_cuda_slice::<T>()?.slice(l1.start_offset()..);
     let k = s2.as_cuda_slice::<T>()?.slice(l2.start_offset()..);
     let v = s3.as_cuda_slice::<T>()?.slice(l3.start_offset()..);
     let n_out = l1.shape().elem_count();
     // SAFETY: cuDNN writes every element of the output before anything reads it.
     let mut out = unsafe { dev.alloc::<T>(n_out)? };
-    let mut ws = dev.alloc_zeros::<u8>(ws_bytes.max(1) as usize)?;
+    let mut ws = dev.alloc_zeros::<u8>(ws_bytes.max(1))?;
     {
         let (qp, _g1) = q.device_ptr(&stream);
         let (kp, _g2) = k.device_ptr(&stream);
