@@ -237,16 +237,15 @@ pub fn fused_causal(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<T
     #[cfg(any(feature = "cudnn", feature = "flash-attn"))]
     if q.device().is_cuda() && q.dtype() != DType::F32 {
         let scale = 1.0 / (q.dim(3)? as f32).sqrt();
-        #[allow(unused_mut)]
-        let mut kernel = kernel_for(q.dim(0)?, q.dim(1)?);
-        #[cfg(feature = "cudnn")]
-        if kernel == AttentionKernel::Flash
-            && current() == AttentionKernel::Cudnn
-            && super::cudnn::cached(q, k, v, scale)
-        {
+        let kernel = match kernel_for(q.dim(0)?, q.dim(1)?) {
             // The graph exists: nothing is left to pay for.
-            kernel = AttentionKernel::Cudnn;
-        }
+            AttentionKernel::Flash
+                if current() == AttentionKernel::Cudnn && holds_graph(q, k, v, scale) =>
+            {
+                AttentionKernel::Cudnn
+            }
+            other => other,
+        };
         match kernel {
             #[cfg(feature = "cudnn")]
             AttentionKernel::Cudnn => match super::cudnn::causal(q, k, v, scale) {
@@ -275,6 +274,18 @@ pub fn fused_causal(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<T
         .out
         .transpose(1, 2)?
         .contiguous()
+}
+
+/// Whether this thread holds cuDNN's graph for these operands' shape already.
+#[cfg(any(feature = "cudnn", feature = "flash-attn"))]
+fn holds_graph(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> bool {
+    #[cfg(feature = "cudnn")]
+    return super::cudnn::cached(q, k, v, scale);
+    #[cfg(not(feature = "cudnn"))]
+    {
+        let _ = (q, k, v, scale);
+        false
+    }
 }
 
 /// Whether [`fused_causal`] runs a fused kernel on this device and dtype (then the capture
