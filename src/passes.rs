@@ -62,6 +62,14 @@ pub fn batch_ranges(n: usize, seq_len: usize, budget: usize) -> Vec<std::ops::Ra
         .collect()
 }
 
+/// The `(B, T)` shape of each batch [`batch_ranges`] makes of `n` sequences of `seq_len`.
+pub fn batch_shapes(n: usize, seq_len: usize, budget: usize) -> Vec<(usize, usize)> {
+    batch_ranges(n, seq_len, budget)
+        .iter()
+        .map(|r| (r.len(), seq_len))
+        .collect()
+}
+
 /// Consecutive sequences of the given lengths grouped into rows of at most `budget` tokens
 /// (a longer sequence gets a row of its own), in order.
 pub fn pack_rows(
@@ -204,14 +212,9 @@ pub fn full_passes(
         .collect();
     // The segment batches, announced now: the long pass builds their attention graphs
     // while the GPU runs it (where they pay for one; packed runs use none).
-    let _plan = seqs.first().map(|q| {
-        let n = q.len();
-        long.plan_batches(
-            batch_ranges(seqs.len(), n, s.max_batch_tokens)
-                .iter()
-                .map(|r| (r.len(), n)),
-        )
-    });
+    let _plan = seqs
+        .first()
+        .map(|q| long.plan_batches(batch_shapes(seqs.len(), q.len(), s.max_batch_tokens)));
     let mut model_tokens = full.len();
     let out = long.forward(std::slice::from_ref(&full), rs, true)?;
     let ppl_long = ppl(&out.nll[0]);
@@ -285,6 +288,10 @@ mod tests {
         assert_eq!(batch_ranges(10, 1, 4), vec![0..4, 4..7, 7..10]);
         assert_eq!(batch_ranges(2, 1000, 10), vec![0..1, 1..2]);
         assert!(batch_ranges(0, 10, 10).is_empty());
+        assert_eq!(
+            batch_shapes(5, 100, 250),
+            vec![(2, 100), (2, 100), (1, 100)]
+        );
     }
 
     #[test]

@@ -6,7 +6,10 @@
 
 use crate::model::kernel::kernel_for;
 use crate::model::{open_device, profile, DeviceChoice, Llama};
-use crate::passes::{batch_ranges, pack_rows};
+use crate::passes::{
+    batch_ranges, batch_shapes, pack_rows, score_sample, PassSettings, ShortModel,
+};
+use crate::template::Tokens;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use serde::Serialize;
@@ -14,6 +17,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 mod synthetic;
+
+/// Segments per sample at the most, as in configs/paper.json (`max_segments`).
+const MAX_SEGMENTS: usize = 500;
 pub use synthetic::{flops_per_seq, matmul_peak, random_model, synthetic, Shape};
 
 /// What `gateau bench` runs.
@@ -109,7 +115,7 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
         // `score` batches them; its first batches, at least --segments segments, are timed,
         // announced with the whole sample's batches so that the kernels are chosen as in a
         // real run.
-        let n_seg = (ctx / s.segment_len).min(500);
+        let n_seg = (ctx / s.segment_len).min(MAX_SEGMENTS);
         let sample = batch_ranges(n_seg, ts, budget);
         let mut batches = Vec::new();
         let mut timed = 0;
@@ -124,7 +130,7 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
             .map(|i| synthetic(ts, cfg.vocab_size, i as u64))
             .collect();
         let per = batches.iter().map(|r| r.len()).max().unwrap_or(0);
-        let plan = model.plan_batches(sample.iter().map(|r| (r.len(), ts)));
+        let plan = model.plan_batches(batch_shapes(n_seg, ts, budget));
         let kernels = [kernel_for(1, t), kernel_for(1, t), kernel_for(per, ts)];
         let phases: [(String, usize, f64, Work); 3] = [
             (
@@ -165,7 +171,7 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
         eprintln!(
             "  ctx {ctx:>6}  end to end per sample ({n_seg} segments), from the phases: {e2e:.3} s"
         );
-        let r = whole_sample(&s, &model, &device, (ctx, n_seg), (peak, budget))?;
+        let r = whole_sample(&s, &model, &device, ctx, (peak, budget))?;
         eprintln!(
             "  ctx {ctx:>6}  end to end per sample ({n_seg} segments), measured: {:.3} s",
             r.seconds
@@ -188,53 +194,78 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One whole sample measured as `score` runs it: the long pass with the capture (the
-/// segment batches announced, so their cuDNN graphs are built during it), the short pass,
-/// then the segment passes. Its response is one token longer than the phases', so every
-/// shape is new and each graph is built as in a real run, where lengths vary.
+/// One whole sample measured as `score` runs it ([`crate::passes::score_sample`], the
+/// model as both long and short model): the long pass with the capture, during which the
+/// segment batches' cuDNN graphs are built, the short pass, then the segment passes. Its
+/// response is one token longer than the phases', so every shape is new and each graph is
+/// built as in a real run, where lengths vary.
 fn whole_sample(
     s: &BenchSettings,
     model: &Llama,
     device: &Device,
-    (ctx, n_seg): (usize, usize),
+    ctx: usize,
     (peak, budget): (f64, usize),
 ) -> Result<PhaseResult> {
     let cfg = model.config();
-    let resp = s.resp + 1;
-    let t = 1 + ctx + s.mid + resp;
-    let seq = synthetic(t, cfg.vocab_size, 11 + ctx as u64);
-    let ts = 1 + s.segment_len + s.mid + resp;
-    let segs: Vec<Vec<u32>> = (0..n_seg)
-        .map(|i| synthetic(ts, cfg.vocab_size, 5000 + i as u64))
-        .collect();
-    let batches = batch_ranges(n_seg, ts, budget);
-    let one = std::slice::from_ref(&seq);
+    // synthetic() starts with BOS (1); the parts take what follows it.
+    let part = |n: usize, seed: u64| synthetic(n + 1, cfg.vocab_size, seed)[1..].to_vec();
+    let t = Tokens {
+        bos: Some(1),
+        head: Vec::new(),
+        ctx: part(ctx, 11 + ctx as u64),
+        mid: part(s.mid, 12),
+        resp: part(s.resp + 1, 13),
+        truncated: false,
+    };
+    let passes = PassSettings {
+        segment_len: s.segment_len,
+        max_segments: MAX_SEGMENTS,
+        max_batch_tokens: budget,
+        with_ifd: false,
+    };
     device.synchronize()?;
     let start = Instant::now();
-    {
-        let _plan = model.plan_batches(batches.iter().map(|r| (r.len(), ts)));
-        model.forward(one, t - resp, true)?;
-        model.forward(one, t - resp, false)?;
-    }
-    crate::passes::batched_ppl(model, &segs, ts - resp, budget)?;
+    let scores = score_sample(model, &ShortModel::Separate(model), &t, &passes)?;
     device.synchronize()?;
     let seconds = start.elapsed().as_secs_f64();
-    let tokens = 2 * t + n_seg * ts;
-    let flops = 2.0 * flops_per_seq(cfg, t) + n_seg as f64 * flops_per_seq(cfg, ts);
-    Ok(PhaseResult {
-        shape: s.shape,
-        ctx,
-        phase: format!("whole sample, measured ({n_seg} segments)"),
-        attention: crate::model::kernel::current(),
-        tokens,
+    let n_seg = scores.seg_ppl.len();
+    let ts = t.segment(0, s.segment_len).len();
+    let flops = 2.0 * flops_per_seq(cfg, t.len()) + n_seg as f64 * flops_per_seq(cfg, ts);
+    let name = format!("whole sample, measured ({n_seg} segments)");
+    Ok(PhaseResult::new(
+        s,
+        (ctx, name),
+        (scores.model_tokens, flops),
         seconds,
-        tokens_per_s: tokens as f64 / seconds,
-        tflops: flops / seconds / 1e12,
-        matmul_peak_tflops: peak,
-        mfu: flops / seconds / 1e12 / peak,
-        peak_mem_gb: None,
-        profile: None,
-    })
+        peak,
+    ))
+}
+
+impl PhaseResult {
+    /// A phase's figures from its work (`tokens`, `flops`) and time, against the
+    /// measured matmul rate `peak`.
+    fn new(
+        s: &BenchSettings,
+        (ctx, phase): (usize, String),
+        (tokens, flops): (usize, f64),
+        seconds: f64,
+        peak: f64,
+    ) -> Self {
+        Self {
+            shape: s.shape,
+            ctx,
+            phase,
+            attention: crate::model::kernel::current(),
+            tokens,
+            seconds,
+            tokens_per_s: tokens as f64 / seconds,
+            tflops: flops / seconds / 1e12,
+            matmul_peak_tflops: peak,
+            mfu: flops / seconds / 1e12 / peak,
+            peak_mem_gb: None,
+            profile: None,
+        }
+    }
 }
 
 type Work<'a> = Box<dyn Fn() -> Result<()> + 'a>;
@@ -263,18 +294,9 @@ fn measure(
         None
     };
     let r = PhaseResult {
-        shape: s.shape,
-        ctx,
-        phase: name,
-        attention: crate::model::kernel::current(),
-        tokens,
-        seconds: secs,
-        tokens_per_s: tokens as f64 / secs,
-        tflops: flops / secs / 1e12,
-        matmul_peak_tflops: peak,
-        mfu: flops / secs / 1e12 / peak,
         peak_mem_gb: peak_bytes.map(|b| b as f64 / 1e9),
         profile: ops,
+        ..PhaseResult::new(s, (ctx, name), (tokens, flops), secs, peak)
     };
     eprintln!(
         "  ctx {ctx:>6}  {:<34} {:>9.0} tok/s {:>7.1} TFLOP/s  MFU {:>5.1}%  {:.3} s  peak {}",

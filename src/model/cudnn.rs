@@ -103,23 +103,35 @@ pub fn causal(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> 
     q.apply_op3_no_bwd(k, v, &Sdpa { scale })
 }
 
+/// The graph-cache record of attention over operands with these `[B, T, H, hd]` layouts
+/// on `dev` in `dtype` (what the C++ side keys its graphs on).
+fn record(
+    dev: &candle_core::CudaDevice,
+    dtype: DType,
+    scale: f32,
+    (l1, l2, l3): (&Layout, &Layout, &Layout),
+) -> Result<GateauSdpa> {
+    let mut r = Sdpa { scale }.shape(l1, l2, l3)?;
+    r.device = dev.cuda_stream().context().ordinal() as i32;
+    r.dtype = match dtype {
+        DType::BF16 => 0,
+        DType::F16 => 1,
+        other => bail!("cudnn attention: no kernel for {other:?} (bf16 or f16)"),
+    };
+    Ok(r)
+}
+
 /// Whether this thread has cuDNN's graph for these operands' shape already, so that
 /// [`causal`] would run without building one (false where cuDNN cannot be loaded).
 pub fn cached(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> bool {
-    let (candle_core::Device::Cuda(dev), Ok(mut shape)) = (
-        q.device(),
-        Sdpa { scale }.shape(q.layout(), k.layout(), v.layout()),
-    ) else {
+    let candle_core::Device::Cuda(dev) = q.device() else {
         return false;
     };
-    shape.device = dev.cuda_stream().context().ordinal() as i32;
-    shape.dtype = match q.dtype() {
-        DType::BF16 => 0,
-        DType::F16 => 1,
-        _ => return false,
+    let Ok(r) = record(dev, q.dtype(), scale, (q.layout(), k.layout(), v.layout())) else {
+        return false;
     };
-    // SAFETY: `shape` is a live local; the callee only reads it.
-    load().is_ok() && unsafe { gateau_cudnn_sdpa_cached(&shape) } == 1
+    // SAFETY: `r` is a live local; the callee only reads it.
+    load().is_ok() && unsafe { gateau_cudnn_sdpa_cached(&r) } == 1
 }
 
 /// Builds and caches on this thread cuDNN's graph for attention over contiguous q
@@ -137,26 +149,11 @@ pub fn prebuild(
     if let Err(e) = load() {
         bail!("{e}");
     }
-    let rows = |h: usize| [(t * h * d) as i64, d as i64, (h * d) as i64, 1];
-    let shape = GateauSdpa {
-        device: dev.cuda_stream().context().ordinal() as i32,
-        dtype: match dtype {
-            DType::BF16 => 0,
-            DType::F16 => 1,
-            other => bail!("cudnn attention: no kernel for {other:?} (bf16 or f16)"),
-        },
-        b: b as i64,
-        t: t as i64,
-        hq: hq as i64,
-        hkv: hkv as i64,
-        d: d as i64,
-        q_stride: rows(hq),
-        k_stride: rows(hkv),
-        v_stride: rows(hkv),
-        o_stride: rows(hq),
-        scale,
-    };
-    prepare(dev, &shape).map(|_| ())
+    let (q, kv) = (
+        Layout::contiguous((b, t, hq, d)),
+        Layout::contiguous((b, t, hkv, d)),
+    );
+    prepare(dev, &record(dev, dtype, scale, (&q, &kv, &kv))?).map(|_| ())
 }
 
 /// Builds (or finds) this thread's graph for `shape` on `dev`: its workspace size in bytes.
@@ -192,6 +189,7 @@ fn bhtd(l: &Layout) -> Result<[i64; 4]> {
 }
 
 impl Sdpa {
+    /// The record's dims and strides; [`record`] fills in the device and dtype.
     fn shape(&self, l1: &Layout, l2: &Layout, l3: &Layout) -> Result<GateauSdpa> {
         let (b, t, hq, d) = l1.shape().dims4()?;
         let (kb, kt, hkv, kd) = l2.shape().dims4()?;
@@ -246,19 +244,16 @@ impl CustomOp3 for Sdpa {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let mut shape = self.shape(l1, l2, l3)?;
-        shape.device = s1.device().cuda_stream().context().ordinal() as i32;
+        let shape = record(s1.device(), s1.dtype(), self.scale, (l1, l2, l3))?;
         match s1.dtype() {
-            DType::BF16 => run::<half::bf16>(shape, 0, (s1, l1), (s2, l2), (s3, l3)),
-            DType::F16 => run::<half::f16>(shape, 1, (s1, l1), (s2, l2), (s3, l3)),
-            other => bail!("cudnn attention: no kernel for {other:?} (bf16 or f16)"),
+            DType::BF16 => run::<half::bf16>(shape, (s1, l1), (s2, l2), (s3, l3)),
+            _ => run::<half::f16>(shape, (s1, l1), (s2, l2), (s3, l3)),
         }
     }
 }
 
 fn run<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRepr>(
-    mut shape: GateauSdpa,
-    dtype: i32,
+    shape: GateauSdpa,
     (s1, l1): (&candle_core::CudaStorage, &Layout),
     (s2, l2): (&candle_core::CudaStorage, &Layout),
     (s3, l3): (&candle_core::CudaStorage, &Layout),
@@ -274,7 +269,6 @@ fn run<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRepr>(
     if let Err(e) = load() {
         bail!("{e}");
     }
-    shape.dtype = dtype;
     let dev = s1.device().clone();
     let stream = dev.cuda_stream();
     let ws_bytes = prepare(&dev, &shape)?;
