@@ -3,9 +3,9 @@
 //! sorts out bad, skipped, missing and duplicate samples, and ranks the rest by a method.
 
 use crate::data::{parse_line, LineReader};
+use crate::rank::selection::{rank_with, Candidate, Method, Missing, Ranked};
 use crate::record::{ScoreRecord, Status};
 use crate::report::{Counts, DuplicateId, Problem, SampleRow};
-use crate::selection::{rank_by, Candidate, Method, Ranked};
 use crate::settings::RankSettings;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -103,12 +103,17 @@ impl Analysis {
 
     /// Ranks the same candidates by another method, keeping the cut's size rule.
     pub fn rerank(&self, s: &RankSettings, method: Method) -> Result<Vec<Ranked>> {
-        rank_by(&self.candidates, method, s.alpha, s.hmg_norm, s.cam_norm).map_err(|line| {
-            anyhow::anyhow!(
+        rank_with(&self.candidates, method, &s.ranking()).map_err(|m| match m {
+            Missing::PplAlone(line) => anyhow::anyhow!(
                 "--method {}: the score record of line {line} has no ppl_alone; score with \
                  `gateau score --with-ifd` to use IFD",
                 method.name()
-            )
+            ),
+            Missing::TokenNll(line) => anyhow::anyhow!(
+                "--recipe {}: the score record of line {line} has no nll_short / nll_long; \
+                 score with `gateau score --token-nll`, or use --recipe long-range",
+                s.recipe.describe()
+            ),
         })
     }
 
@@ -233,5 +238,16 @@ fn candidate(r: &ScoreRecord) -> Result<Candidate> {
         seg_ppl: r.seg_ppl.clone().unwrap_or_default(),
         seg_attn: r.seg_attn.clone().unwrap_or_default(),
         ppl_alone: r.ppl_alone,
+        seg_far: seg_far(r),
+        nll: r.nll_short.clone().zip(r.nll_long.clone()),
     })
+}
+
+/// Per segment: does it end before the first context token model A reads? Every segment
+/// does when model A is a separate checkpoint (it reads all of `S`); None for records
+/// that do not say where their segments are.
+pub fn seg_far(r: &ScoreRecord) -> Option<Vec<bool>> {
+    let (starts, len, n_ctx) = (r.seg_start.as_ref()?, r.seg_len?, r.n_ctx?);
+    let seen_from = n_ctx - r.ctx_short.unwrap_or(0).min(n_ctx);
+    Some(starts.iter().map(|&st| st + len <= seen_from).collect())
 }

@@ -2,8 +2,10 @@
 //! to the config file, then to the built-in paper settings (see `settings`).
 
 use crate::model::DeviceChoice;
-use crate::normalize::{CamNorm, HmgNorm};
-use crate::selection::Method;
+use crate::rank::normalize::{CamNorm, HmgNorm};
+use crate::rank::recipe::{Fuse, RecipeName};
+use crate::rank::selection::Method;
+use crate::rank::terms::{CamTerm, HmgTerm};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -40,6 +42,108 @@ pub enum Command {
     Compare(CompareArgs),
     /// Time every phase on random-weight models of a named shape (tokens/s, TFLOP/s, MFU).
     Bench(BenchArgs),
+    /// How well every recipe, term and baseline separates labeled samples: AUROC,
+    /// precision of the top fractions, length bias, per label pair and length band.
+    Eval(EvalArgs),
+    /// Make a labeled probe set from plain-text documents (far, far-multi, diffuse, near,
+    /// none), seeded and deterministic, for `gateau eval`.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub rank: RankArgs,
+    /// Field of each --data line that holds its label.
+    #[arg(long, value_name = "NAME", default_value = "label")]
+    pub label_field: String,
+    /// Label values that count as positive, comma-separated (JSON text for non-strings:
+    /// true, 1). For a probe set: far,far-multi,diffuse.
+    #[arg(
+        long,
+        value_name = "VALUES",
+        value_delimiter = ',',
+        default_value = "true"
+    )]
+    pub positive: Vec<String>,
+    /// Kept fractions at which precision is reported, comma-separated.
+    #[arg(
+        long,
+        value_name = "R",
+        value_delimiter = ',',
+        default_value = "0.1,0.3,0.5"
+    )]
+    pub ratios: Vec<f64>,
+    /// Upper edges of the length bands (|S| in tokens), comma-separated.
+    #[arg(
+        long,
+        value_name = "TOKENS",
+        value_delimiter = ',',
+        default_value = "2048,4096"
+    )]
+    pub bands: Vec<usize>,
+    /// Also write every figure as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Draw roc.png and precision.png into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ProbeArgs {
+    /// Plain-text documents: files, or folders of .txt files. First line: the title;
+    /// blank lines separate paragraphs.
+    #[arg(long, value_name = "PATH", num_args = 1.., required = true)]
+    pub docs: Vec<PathBuf>,
+    /// The scoring model (folder, .gguf or hub id): its tokenizer measures every length
+    /// and its BOS counts against the window.
+    #[arg(long, value_name = "MODEL")]
+    pub long_model: String,
+    /// tokenizer.json overriding the model's own.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Where the probe set goes (JSONL, LongAlign shape, with "label" and the passages'
+    /// token spans).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Replace an existing --out.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Samples to make (kinds in turn).
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub n: usize,
+    /// Seed: the same seed, documents and tokenizer give the same file.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Shortest context in tokens.
+    #[arg(long, value_name = "TOKENS", default_value_t = 1024)]
+    pub min_tokens: usize,
+    /// Longest context in tokens.
+    #[arg(long, value_name = "TOKENS", default_value_t = 8192)]
+    pub max_tokens: usize,
+    /// Model A's window W (score's --short-window): near passages lie inside it.
+    #[arg(long, value_name = "W", default_value_t = 512)]
+    pub window: usize,
+    /// Far passages end at least this many tokens before the end of the context.
+    #[arg(long, value_name = "TOKENS", default_value_t = 768)]
+    pub gap: usize,
+    /// far-multi passages lie at least this many tokens apart.
+    #[arg(long, value_name = "TOKENS", default_value_t = 256)]
+    pub spread: usize,
+    /// Most tokens of one document in a context.
+    #[arg(long, value_name = "TOKENS", default_value_t = 700)]
+    pub doc_tokens: usize,
+    /// Kinds to make, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "far,far-multi,diffuse,near,none"
+    )]
+    pub kinds: Vec<crate::eval::probe::Kind>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -217,6 +321,11 @@ pub struct ScoreArgs {
     /// before it but BOS (one short pass per sample), for `select --method ifd`.
     #[arg(long)]
     pub with_ifd: bool,
+    /// Also keep the per-token response NLL of both models in every record (`nll_short`,
+    /// `nll_long`; about 20 bytes per response token), for `select --hmg-term key-share`
+    /// and `key-gain` (LongPPL-style key tokens).
+    #[arg(long)]
+    pub token_nll: bool,
     #[command(flatten)]
     pub models: ModelArgs,
     #[command(flatten)]
@@ -253,6 +362,23 @@ pub struct RankArgs {
     /// Normalization of segment perplexities and attention within a sample before CAS.
     #[arg(long, value_enum)]
     pub cam_norm: Option<CamNorm>,
+    /// How GATEAU's score is built: score = alpha F(HMG term) + (1 - alpha) F(CAM term).
+    /// long-range: ranks of ln(ppl_short / ppl_long) and of how much the most useful
+    /// segment beyond model A's window lowers the response's perplexity (measured best on
+    /// labeled data); context: the same with the most useful segment anywhere; paper: the
+    /// paper's Eq. 6 as written (softmax of HMP and CAS); key-tokens: LongPPL key tokens
+    /// (needs `score --token-nll`) [default: long-range].
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub recipe: Option<RecipeName>,
+    /// Replace the recipe's HMG term [default: the recipe's].
+    #[arg(long, value_enum, value_name = "TERM")]
+    pub hmg_term: Option<HmgTerm>,
+    /// Replace the recipe's CAM term [default: the recipe's].
+    #[arg(long, value_enum, value_name = "TERM")]
+    pub cam_term: Option<CamTerm>,
+    /// Replace the recipe's dataset-wide scale F of both terms [default: the recipe's].
+    #[arg(long, value_enum, value_name = "F")]
+    pub fuse: Option<Fuse>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -3,7 +3,7 @@
 
 use crate::analysis::analyse;
 use crate::cli::CompareArgs;
-use crate::selection::Method;
+use crate::rank::selection::Method;
 use crate::settings::{describe, RankSettings};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};

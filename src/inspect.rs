@@ -3,7 +3,7 @@
 
 use crate::analysis::{analyse, Analysis};
 use crate::cli::InspectArgs;
-use crate::normalize::cam_norm;
+use crate::rank::normalize::cam_norm;
 use crate::record::{ScoreRecord, Status};
 use crate::settings::{describe, RankSettings};
 use anyhow::{bail, Result};

@@ -13,20 +13,20 @@ pub mod bench;
 pub mod cli;
 pub mod compare;
 pub mod data;
+pub mod eval;
 pub mod inspect;
 pub mod memory;
 pub mod model;
 pub mod models;
-pub mod normalize;
 pub mod pack;
 pub mod passes;
 pub mod plots;
 pub mod progress;
+pub mod rank;
 pub mod record;
 pub mod report;
 pub mod score;
 pub mod select;
-pub mod selection;
 pub mod settings;
 pub mod short_pass;
 pub mod summary;
@@ -59,5 +59,7 @@ pub fn run() -> Result<ExitCode> {
         cli::Command::Inspect(a) => inspect::run(inspect::InspectSettings::resolve(&a)?),
         cli::Command::Compare(a) => compare::run(&a),
         cli::Command::Bench(a) => bench::run(settings::bench_settings(&a)?),
+        cli::Command::Eval(a) => eval::run(settings::eval_settings(&a)?),
+        cli::Command::Probe(a) => eval::probe::run(&a),
     }
 }

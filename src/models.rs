@@ -6,6 +6,7 @@ use crate::memory::{self, Phases};
 use crate::model::{self, LoadedModel, ModelSpec};
 use crate::passes::ShortModel;
 use crate::settings::{ScoreSettings, ShortSpec};
+use crate::short_pass::ShortResult;
 use anyhow::{anyhow, bail, Result};
 use candle_core::{DType, Device};
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ pub struct Models {
     pub short: Option<LoadedModel>,
     window: Option<usize>,
     /// Two-phase runs: ppl_short by line, computed before the long model was loaded.
-    given: Option<HashMap<u64, f64>>,
+    given: Option<HashMap<u64, ShortResult>>,
     /// Most tokens in one batched segment pass on this device.
     pub batch_tokens: usize,
     /// Samples with fewer segment tokens than this share segment passes (0: never).
@@ -62,7 +63,7 @@ impl Models {
         s: &ScoreSettings,
         device: &Device,
         dtype: DType,
-        given: Option<HashMap<u64, f64>>,
+        given: Option<HashMap<u64, ShortResult>>,
     ) -> Result<Self> {
         let long = model::load(&s.long_spec(), device, dtype)?;
         let vocab = long.tokenizer.get_vocab_size(true);
@@ -94,9 +95,15 @@ impl Models {
     /// Model A for the sample on `line`.
     pub fn short_for(&self, line: u64) -> Result<ShortModel<'_>> {
         Ok(match (&self.given, &self.short, self.window) {
-            (Some(g), _, _) => ShortModel::Given(*g.get(&line).ok_or_else(|| {
-                anyhow!("line {line} has no ppl_short from the short-model phase")
-            })?),
+            (Some(g), _, _) => {
+                let r = g.get(&line).ok_or_else(|| {
+                    anyhow!("line {line} has no ppl_short from the short-model phase")
+                })?;
+                ShortModel::Given {
+                    ppl: r.ppl,
+                    nll: r.nll.as_deref(),
+                }
+            }
             (None, Some(m), _) => ShortModel::Separate(&m.llama),
             (None, None, w) => ShortModel::Window(w.unwrap_or(0)),
         })

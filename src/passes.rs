@@ -3,7 +3,7 @@
 //! the CAM segment passes batched under a token budget.
 
 use crate::model::Llama;
-use crate::normalize::{cas, CamNorm};
+use crate::rank::normalize::{cas, CamNorm};
 use crate::template::{segment_starts, Tokens};
 use anyhow::{bail, Result};
 
@@ -13,8 +13,9 @@ pub enum ShortModel<'a> {
     Separate(&'a Llama),
     /// Model B itself restricted to a window of this many tokens.
     Window(usize),
-    /// ppl_short computed beforehand (two-phase runs).
-    Given(f64),
+    /// Model A's perplexity (and per-token NLL, when kept) computed beforehand (two-phase
+    /// runs).
+    Given { ppl: f64, nll: Option<&'a [f32]> },
 }
 
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct PassSettings {
     pub max_batch_tokens: usize,
     /// Also run the response alone (`[BOS] + resp`) through model B, for IFD.
     pub with_ifd: bool,
+    /// Keep the per-token response NLL of both models (`score --token-nll`).
+    pub token_nll: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -36,8 +39,18 @@ pub struct SampleScores {
     pub cas: Option<f64>,
     /// PPL_B of the response after BOS only (with `with_ifd`).
     pub ppl_alone: Option<f64>,
+    /// Per-token response NLL under model A and model B (with `token_nll`).
+    pub token_nll: Option<TokenNll>,
     /// Tokens run through the models for this sample (all passes).
     pub model_tokens: usize,
+}
+
+/// The per-token response NLL of both models, in response order. Model A's may lack the
+/// first response token (a window with nothing before the response, spec section 8).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenNll {
+    pub short: Vec<f32>,
+    pub long: Vec<f32>,
 }
 
 /// `exp(mean NLL)`, accumulated in f64.
@@ -148,6 +161,7 @@ pub struct Pending {
     ppl_short: f64,
     ppl_long: f64,
     ppl_alone: Option<f64>,
+    token_nll: Option<TokenNll>,
     seg_attn: Vec<f64>,
     /// The segment sequences, all of one length, responses from `seg_from` on.
     seqs: Vec<Vec<u32>>,
@@ -177,6 +191,7 @@ impl Pending {
             seg_attn: self.seg_attn,
             cas,
             ppl_alone: self.ppl_alone,
+            token_nll: self.token_nll,
             model_tokens: self.model_tokens,
         }
     }
@@ -216,23 +231,42 @@ pub fn full_passes(
         .first()
         .map(|q| long.plan_batches(batch_shapes(seqs.len(), q.len(), s.max_batch_tokens)));
     let mut model_tokens = full.len();
-    let out = long.forward(std::slice::from_ref(&full), rs, true)?;
-    let ppl_long = ppl(&out.nll[0]);
+    let mut out = long.forward(std::slice::from_ref(&full), rs, true)?;
+    let nll_long = out.nll.swap_remove(0);
+    let ppl_long = ppl(&nll_long);
     let attention = out.attention.and_then(|mut a| a.pop()).unwrap_or_default();
 
-    let ppl_short = match short {
+    let (ppl_short, nll_short) = match short {
         ShortModel::Separate(m) => {
             model_tokens += full.len();
-            ppl(&m.forward(std::slice::from_ref(&full), rs, false)?.nll[0])
+            let nll = m
+                .forward(std::slice::from_ref(&full), rs, false)?
+                .nll
+                .swap_remove(0);
+            (ppl(&nll), Some(nll))
         }
-        ShortModel::Window(w) => windowed_ppl(long, t, *w, &mut model_tokens)?,
-        ShortModel::Given(p) => *p,
+        ShortModel::Window(w) => {
+            let nll = windowed_nll(long, t, *w, &mut model_tokens)?;
+            (ppl(&nll), Some(nll))
+        }
+        ShortModel::Given { ppl, nll } => (*ppl, nll.map(<[f32]>::to_vec)),
     };
     // `[BOS] + resp` is the window of width 0 (spec section 8's rule for tiny windows).
     let ppl_alone = if s.with_ifd {
-        Some(windowed_ppl(long, t, 0, &mut model_tokens)?)
+        Some(ppl(&windowed_nll(long, t, 0, &mut model_tokens)?))
     } else {
         None
+    };
+    let token_nll = match (s.token_nll, nll_short) {
+        (false, _) => None,
+        (true, Some(short)) => Some(TokenNll {
+            short,
+            long: nll_long,
+        }),
+        (true, None) => bail!(
+            "--token-nll: the short-model phase kept no per-token NLL for this sample (its \
+             side file predates --token-nll); score again without --resume"
+        ),
     };
 
     model_tokens += seqs.iter().map(|q| q.len()).sum::<usize>();
@@ -248,6 +282,7 @@ pub fn full_passes(
         ppl_short,
         ppl_long,
         ppl_alone,
+        token_nll,
         seg_attn,
         seqs,
         seg_from: t.resp_start() - t.ctx.len() + s.segment_len,
@@ -255,8 +290,13 @@ pub fn full_passes(
     })
 }
 
-/// Response perplexity under `model` reading only the last `w` tokens (spec 4b).
-fn windowed_ppl(model: &Llama, t: &Tokens, w: usize, model_tokens: &mut usize) -> Result<f64> {
+/// Per-token response NLL under `model` reading only the last `w` tokens (spec 4b).
+pub fn windowed_nll(
+    model: &Llama,
+    t: &Tokens,
+    w: usize,
+    model_tokens: &mut usize,
+) -> Result<Vec<f32>> {
     let view = t.window(w);
     *model_tokens += view.len();
     if view.len() < 2 {
@@ -265,9 +305,10 @@ fn windowed_ppl(model: &Llama, t: &Tokens, w: usize, model_tokens: &mut usize) -
     // Without BOS and prompt, the first response token has nothing to condition on and
     // is left out of the mean.
     let from = (view.len() - t.resp.len()).max(1);
-    Ok(ppl(&model
+    Ok(model
         .forward(std::slice::from_ref(&view), from, false)?
-        .nll[0]))
+        .nll
+        .swap_remove(0))
 }
 
 #[cfg(test)]

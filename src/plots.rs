@@ -19,7 +19,7 @@ pub const SELECTED: RGBColor = RGBColor(230, 120, 20);
 /// The selection cut.
 pub const CUT: RGBColor = RGBColor(200, 20, 20);
 
-fn fonts() {
+pub(crate) fn fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The bytes are a valid TTF compiled into the binary; failing here is a build defect.
@@ -31,13 +31,13 @@ fn fonts() {
     });
 }
 
-fn err<E: std::fmt::Debug>(file: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
+pub(crate) fn err<E: std::fmt::Debug>(file: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
     move |e| anyhow!("cannot draw {}: {e:?}", file.display())
 }
 
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
-fn canvas(path: &Path) -> Result<Area<'_>> {
+pub(crate) fn canvas(path: &Path) -> Result<Area<'_>> {
     fonts();
     let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;

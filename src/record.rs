@@ -57,6 +57,23 @@ pub struct ScoreRecord {
     /// With `score --with-ifd`: PPL_B of the response after BOS only (IFD's denominator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ppl_alone: Option<f64>,
+    /// Where each segment starts in the (truncated) context, in tokens: with `seg_len`,
+    /// this places every segment relative to what model A reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seg_start: Option<Vec<usize>>,
+    /// The segment length L.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seg_len: Option<usize>,
+    /// Self-homologous mode: how many tokens at the end of the context model A reads
+    /// (absent when model A is a separate checkpoint, which reads all of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctx_short: Option<usize>,
+    /// With `score --token-nll`: model A's per-token response NLL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nll_short: Option<Vec<f32>>,
+    /// With `score --token-nll`: model B's per-token response NLL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nll_long: Option<Vec<f32>>,
 }
 
 impl ScoreRecord {
@@ -79,6 +96,11 @@ impl ScoreRecord {
             seg_attn: None,
             cas: None,
             ppl_alone: None,
+            seg_start: None,
+            seg_len: None,
+            ctx_short: None,
+            nll_short: None,
+            nll_long: None,
         }
     }
 

@@ -107,7 +107,7 @@ impl Counts {
 }
 
 /// How much each term of Eq. 6 moves the score, and how flat the CAM distributions are.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct Diagnostics {
     /// Standard deviation of alpha * softmax(HMP) over the dataset.
     pub hmg_term_std: f64,
@@ -117,6 +117,11 @@ pub struct Diagnostics {
     pub att_spread_mean: f64,
     /// Mean over samples of max(IS) - min(IS).
     pub is_spread_mean: f64,
+    /// Spearman correlation of the HMG and CAM terms over the scored samples.
+    pub rho_hmg_cam: f64,
+    /// Spearman correlation of each term with the number of segments.
+    pub rho_hmg_segments: f64,
+    pub rho_cam_segments: f64,
     /// Plain-language notes on the above.
     pub notes: Vec<String>,
 }

@@ -8,8 +8,8 @@ use crate::pack::Packer;
 use crate::passes::{full_passes, SampleScores};
 use crate::progress::Progress;
 use crate::record::{ScoreRecord, Status};
-use crate::settings::{describe, ScoreSettings};
-use crate::template::{tokenize, TokenizeError, Tokens};
+use crate::settings::{describe, ScoreSettings, ShortSpec};
+use crate::template::{segment_starts, tokenize, TokenizeError, Tokens};
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -435,6 +435,16 @@ fn record_of(
     r.seg_attn = Some(sc.seg_attn);
     r.cas = Some(sc.cas);
     r.ppl_alone = sc.ppl_alone;
+    r.seg_start = Some(segment_starts(t.ctx.len(), s.segment_len, s.max_segments));
+    r.seg_len = Some(s.segment_len);
+    r.ctx_short = match s.short {
+        ShortSpec::Window(w) => Some(t.ctx_in_window(w)),
+        ShortSpec::Model { .. } => None,
+    };
+    if let Some(n) = sc.token_nll {
+        r.nll_short = Some(n.short);
+        r.nll_long = Some(n.long);
+    }
     (r, sc.model_tokens)
 }
 

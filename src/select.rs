@@ -2,10 +2,10 @@
 //! dataset, write the selected input lines byte for byte, and report.
 
 use crate::analysis::{analyse, Analysis};
-use crate::normalize::cam_norm;
-use crate::report::{Diagnostics, Report, Stats};
-use crate::selection::{Candidate, Ranked};
-use crate::settings::{describe, RankSettings, SelectSettings};
+use crate::rank::diagnose::diagnose;
+use crate::rank::selection::Ranked;
+use crate::report::{Report, Stats};
+use crate::settings::{describe, SelectSettings};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -58,7 +58,7 @@ fn build_report(s: &SelectSettings, a: &Analysis) -> Result<Report> {
         counts: a.counts.clone(),
         cutoff_score: a.cutoff(),
         stats: stats(a),
-        diagnostics: diagnose(&s.rank, a),
+        diagnostics: diagnose(&a.candidates, &a.ranked, &s.rank.ranking()),
         bad: a.bad.clone(),
         skipped: a.skipped.clone(),
         missing_lines: a.missing.clone(),
@@ -109,7 +109,7 @@ pub fn stats(a: &Analysis) -> BTreeMap<String, Stats> {
     let ifd: Vec<f64> = a
         .candidates
         .iter()
-        .filter_map(crate::selection::ifd)
+        .filter_map(crate::rank::selection::ifd)
         .collect();
     if !ifd.is_empty() {
         m.insert("ifd".into(), Stats::of(ifd));
@@ -125,64 +125,18 @@ pub fn stats(a: &Analysis) -> BTreeMap<String, Stats> {
     m
 }
 
-fn spread(v: &[f64]) -> f64 {
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    hi - lo
-}
-
-fn diagnose(s: &RankSettings, a: &Analysis) -> Diagnostics {
-    let (ranked, cands) = (&a.ranked, &a.candidates);
-    let sh = crate::normalize::softmax(&ranked.iter().map(|r| r.hmp).collect::<Vec<_>>());
-    let sc = crate::normalize::softmax(&ranked.iter().map(|r| r.cas_filled).collect::<Vec<_>>());
-    let hmg_term_std = Stats::of(sh.iter().map(|x| s.alpha * x)).std;
-    let cam_term_std = Stats::of(sc.iter().map(|x| (1.0 - s.alpha) * x)).std;
-    let with_segments: Vec<&Candidate> = cands.iter().filter(|c| c.seg_ppl.len() >= 2).collect();
-    let mean = |f: &dyn Fn(&Candidate) -> f64| {
-        if with_segments.is_empty() {
-            0.0
-        } else {
-            with_segments.iter().map(|c| f(c)).sum::<f64>() / with_segments.len() as f64
-        }
-    };
-    let att_spread_mean = mean(&|c| spread(&cam_norm(&c.seg_attn, s.cam_norm)));
-    let is_spread_mean = mean(&|c| spread(&cam_norm(&c.seg_ppl, s.cam_norm)));
-    let mut notes = Vec::new();
-    if cam_term_std > hmg_term_std {
-        notes.push(format!(
-            "the CAM term varies more than the HMG term ({cam_term_std:.3e} vs {hmg_term_std:.3e}): \
-             CAS dominates the ranking even at alpha {}",
-            s.alpha
-        ));
-    }
-    if !with_segments.is_empty() && att_spread_mean < 1e-3 {
-        notes.push(format!(
-            "ATT is nearly uniform within samples (mean spread {att_spread_mean:.1e}): CAS mostly \
-             measures how uneven the segment perplexities are; --cam-norm l1 keeps the attention signal"
-        ));
-    }
-    Diagnostics {
-        hmg_term_std,
-        cam_term_std,
-        att_spread_mean,
-        is_spread_mean,
-        notes,
-    }
-}
-
 fn human_summary(r: &Report, s: &SelectSettings) -> String {
     let c = &r.counts;
     let mut out = format!("gateau select: {} -> {}\n", c.sentence(), s.out.display());
     if let Some(cut) = r.cutoff_score {
         out += &format!(
-            "  cut-off score {cut:.6} (method {}, alpha {}, hmg {:?}, cam {:?})\n",
+            "  cut-off score {cut:.6} (method {}, recipe {}, alpha {})\n",
             s.rank.method.name(),
+            s.rank.recipe.describe(),
             s.rank.alpha,
-            s.rank.hmg_norm,
-            s.rank.cam_norm
         );
     }
-    out += "  rank  line  id                     score     HMP      CAS     ppl_short ppl_long\n";
+    out += "  rank  line  id                     score     HMG      CAM     ppl_short ppl_long\n";
     for row in r.samples.iter().filter(|x| x.selected).take(5) {
         let id = row.id.to_string();
         let id: String = id.chars().take(20).collect();

@@ -3,9 +3,11 @@
 
 use crate::cli::{CommonArgs, DTypeArg, RankArgs, ReportArgs, ScoreArgs, SelectArgs, Shard};
 use crate::model::{DeviceChoice, ModelSpec};
-use crate::normalize::{CamNorm, HmgNorm};
 use crate::passes::PassSettings;
-use crate::selection::Method;
+use crate::rank::normalize::{CamNorm, HmgNorm};
+use crate::rank::recipe::{Fuse, Recipe, RecipeName, DEFAULT_RECIPE};
+use crate::rank::selection::{Method, Ranking};
+use crate::rank::terms::{CamTerm, HmgTerm};
 use crate::template::Template;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -37,6 +39,10 @@ pub struct ConfigFile {
     pub top: Option<usize>,
     pub hmg_norm: Option<HmgNorm>,
     pub cam_norm: Option<CamNorm>,
+    pub recipe: Option<RecipeName>,
+    pub hmg_term: Option<HmgTerm>,
+    pub cam_term: Option<CamTerm>,
+    pub fuse: Option<Fuse>,
     pub template: Option<Template>,
     pub data: Option<PathBuf>,
     pub scores: Option<Vec<PathBuf>>,
@@ -45,6 +51,7 @@ pub struct ConfigFile {
     pub report_dir: Option<PathBuf>,
     pub method: Option<Method>,
     pub with_ifd: Option<bool>,
+    pub token_nll: Option<bool>,
     pub phases: Option<crate::memory::Phases>,
 }
 
@@ -122,6 +129,8 @@ pub struct ScoreSettings {
     pub pack_below: Option<usize>,
     pub phases: crate::memory::Phases,
     pub with_ifd: bool,
+    /// Keep the per-token response NLL of both models in every record.
+    pub token_nll: bool,
     pub template: Template,
 }
 
@@ -281,6 +290,7 @@ impl ScoreSettings {
             pack_below: p.pack_below.or(c.pack_below),
             phases: p.phases.or(c.phases).unwrap_or(crate::memory::Phases::Auto),
             with_ifd: a.with_ifd || c.with_ifd.unwrap_or(false),
+            token_nll: a.token_nll || c.token_nll.unwrap_or(false),
             template: c.template.unwrap_or_default(),
             data,
         };
@@ -314,6 +324,7 @@ impl ScoreSettings {
             max_segments: self.max_segments,
             max_batch_tokens,
             with_ifd: self.with_ifd,
+            token_nll: self.token_nll,
         }
     }
 }
@@ -346,11 +357,21 @@ pub struct RankSettings {
     pub alpha: f64,
     pub hmg_norm: HmgNorm,
     pub cam_norm: CamNorm,
+    pub recipe: Recipe,
     pub strict: bool,
     pub quiet: bool,
 }
 
 impl RankSettings {
+    pub fn ranking(&self) -> Ranking {
+        Ranking {
+            recipe: self.recipe,
+            alpha: self.alpha,
+            hmg_norm: self.hmg_norm,
+            cam_norm: self.cam_norm,
+        }
+    }
+
     pub fn resolve(a: &RankArgs, common: &CommonArgs) -> Result<(Self, ConfigFile)> {
         let c = load_config(common.config.as_deref())?;
         let data = need(a.data.clone().or(c.data.clone()), "--data")?;
@@ -400,6 +421,14 @@ impl RankSettings {
             alpha,
             hmg_norm: a.hmg_norm.or(c.hmg_norm).unwrap_or(HmgNorm::Minmax),
             cam_norm: a.cam_norm.or(c.cam_norm).unwrap_or(CamNorm::Softmax),
+            recipe: {
+                let base = a.recipe.or(c.recipe).unwrap_or(DEFAULT_RECIPE).recipe();
+                Recipe {
+                    hmg: a.hmg_term.or(c.hmg_term).unwrap_or(base.hmg),
+                    cam: a.cam_term.or(c.cam_term).unwrap_or(base.cam),
+                    fuse: a.fuse.or(c.fuse).unwrap_or(base.fuse),
+                }
+            },
             strict: common.strict,
             quiet: common.quiet,
         };
@@ -524,6 +553,33 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// For logs: the resolved settings as one JSON line.
+/// `gateau eval`'s settings: the ranking's, plus labels, ratios, bands and outputs.
+pub fn eval_settings(a: &crate::cli::EvalArgs) -> Result<crate::eval::EvalSettings> {
+    let (rank, _) = RankSettings::resolve(&a.rank, &a.common)?;
+    for &r in &a.ratios {
+        if !(r > 0.0 && r <= 1.0) {
+            bail!("--ratios: {r} is not a fraction in (0, 1]");
+        }
+    }
+    let mut bands = a.bands.clone();
+    bands.sort_unstable();
+    bands.dedup();
+    for (flag, p) in [("--json", &a.json), ("--plots", &a.plots)] {
+        if let Some(p) = p {
+            rank.check_output(p, flag)?;
+        }
+    }
+    Ok(crate::eval::EvalSettings {
+        rank,
+        label_field: a.label_field.clone(),
+        positive: a.positive.clone(),
+        ratios: a.ratios.clone(),
+        bands,
+        json: a.json.clone(),
+        plots: a.plots.clone(),
+    })
+}
+
 pub fn describe<T: Serialize>(s: &T) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }

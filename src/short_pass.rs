@@ -1,6 +1,7 @@
 //! Phase one of a two-phase `gateau score`: model A alone over every pending sample,
 //! ppl_short written to a side file next to `--out` (`<out>.short-pass.jsonl`, one
-//! `{"line", "ppl_short"}` per sample, resumable), read back by phase two.
+//! `{"line", "ppl_short"}` per sample, plus `"nll"` with `--token-nll`; resumable), read
+//! back by phase two.
 
 use crate::data::LineReader;
 use crate::model;
@@ -22,6 +23,16 @@ use std::path::PathBuf;
 struct Entry {
     line: u64,
     ppl_short: f64,
+    /// Per-token response NLL (with `--token-nll`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nll: Option<Vec<f32>>,
+}
+
+/// Model A's numbers for one sample, from phase one.
+#[derive(Debug, Clone)]
+pub struct ShortResult {
+    pub ppl: f64,
+    pub nll: Option<Vec<f32>>,
 }
 
 pub fn side_file(s: &ScoreSettings) -> PathBuf {
@@ -31,7 +42,7 @@ pub fn side_file(s: &ScoreSettings) -> PathBuf {
 }
 
 /// Entries already in the side file (a cut last line is ignored and rewritten).
-fn read_side(path: &PathBuf) -> Result<HashMap<u64, f64>> {
+fn read_side(path: &PathBuf) -> Result<HashMap<u64, ShortResult>> {
     let mut out = HashMap::new();
     let Ok(f) = File::open(path) else {
         return Ok(out);
@@ -39,19 +50,34 @@ fn read_side(path: &PathBuf) -> Result<HashMap<u64, f64>> {
     for line in BufReader::new(f).lines() {
         let line = line.with_context(|| format!("cannot read {}", path.display()))?;
         if let Ok(e) = serde_json::from_str::<Entry>(&line) {
-            out.insert(e.line, e.ppl_short);
+            out.insert(
+                e.line,
+                ShortResult {
+                    ppl: e.ppl_short,
+                    nll: e.nll,
+                },
+            );
         }
     }
     Ok(out)
 }
 
-/// Runs phase one; returns ppl_short by line for every pending sample that tokenized.
+fn entry(line: u64, r: &ShortResult) -> Result<String> {
+    Ok(serde_json::to_string(&Entry {
+        line,
+        ppl_short: r.ppl,
+        nll: r.nll.clone(),
+    })?)
+}
+
+/// Runs phase one; returns model A's numbers by line for every pending sample that
+/// tokenized.
 pub(crate) fn run(
     s: &ScoreSettings,
     device: &Device,
     dtype: DType,
     existing: &Existing,
-) -> Result<HashMap<u64, f64>> {
+) -> Result<HashMap<u64, ShortResult>> {
     let path = side_file(s);
     let mut done = if s.resume {
         read_side(&path)?
@@ -61,15 +87,8 @@ pub(crate) fn run(
     // Rewritten whole, so a cut last line never sits before new entries.
     let mut side =
         File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-    for (line, p) in &done {
-        writeln!(
-            side,
-            "{}",
-            serde_json::to_string(&Entry {
-                line: *line,
-                ppl_short: *p
-            })?
-        )?;
+    for (line, r) in &done {
+        writeln!(side, "{}", entry(*line, r)?)?;
     }
     let spec = short_spec(s).ok_or_else(|| anyhow!("two phases need --short-model"))?;
     // Tokens come from model B's tokenizer, as in a one-phase run.
@@ -121,18 +140,15 @@ pub(crate) fn run(
                     .llama
                     .forward(std::slice::from_ref(&full), t.resp_start(), false)
                     .with_context(|| format!("{} line {}", s.data.display(), raw.number))?;
-                let p = ppl(&o.nll[0]);
-                writeln!(
-                    side,
-                    "{}",
-                    serde_json::to_string(&Entry {
-                        line: raw.number,
-                        ppl_short: p
-                    })?
-                )
-                .and_then(|_| side.flush())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-                done.insert(raw.number, p);
+                let nll = &o.nll[0];
+                let r = ShortResult {
+                    ppl: ppl(nll),
+                    nll: s.token_nll.then(|| nll.clone()),
+                };
+                writeln!(side, "{}", entry(raw.number, &r)?)
+                    .and_then(|_| side.flush())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                done.insert(raw.number, r);
                 tokens = full.len();
             }
             progress.advance(tokens as u64);

@@ -3,7 +3,7 @@
 //! summary.json first, so the plots can be checked against it.
 
 use crate::analysis::Analysis;
-use crate::normalize::rank as ranks;
+use crate::rank::normalize::rank as ranks;
 use crate::report::{Counts, Stats};
 use crate::settings::RankSettings;
 use anyhow::{Context, Result};
@@ -126,6 +126,9 @@ pub struct Summary {
     pub sources: Vec<SourceCount>,
     /// Of the final score, as drawn in score_hist.png.
     pub histogram: Histogram,
+    /// The ranking's warnings (as `select` prints them).
+    #[serde(default)]
+    pub diagnostics: crate::report::Diagnostics,
     pub plots: Vec<PlotFile>,
 }
 
@@ -182,6 +185,7 @@ pub fn summarize(
         },
         sources,
         histogram: Histogram::of(&scores, bins),
+        diagnostics: crate::rank::diagnose::diagnose(&a.candidates, &a.ranked, &s.ranking()),
         plots: Vec::new(),
     })
 }
@@ -242,6 +246,13 @@ pub fn markdown(s: &Summary, method: &str) -> String {
                 100.0 * x.kept
             );
         }
+    }
+    md += "\n## Notes\n\n";
+    if s.diagnostics.notes.is_empty() {
+        md += "No warnings about the ranking's terms.\n";
+    }
+    for n in &s.diagnostics.notes {
+        md += &format!("- {n}\n");
     }
     md += "\n## Plots\n\n";
     for p in &s.plots {

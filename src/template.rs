@@ -157,6 +157,12 @@ impl Tokens {
         ])
     }
 
+    /// How many tokens at the end of `ctx` the window of width `w` holds.
+    pub fn ctx_in_window(&self, w: usize) -> usize {
+        let keep = w.saturating_sub(self.n_bos() + self.resp.len());
+        keep.saturating_sub(self.mid.len()).min(self.ctx.len())
+    }
+
     /// Self-homologous model A's input: `[BOS] + last tokens of (head+ctx+mid) + resp`,
     /// at most `w` tokens; `[BOS] + resp` alone when `|BOS| + |resp| >= w`.
     pub fn window(&self, w: usize) -> Vec<u32> {
@@ -210,6 +216,10 @@ mod tests {
         assert_eq!(t.window(3), vec![1, 30, 31]);
         assert_eq!(t.window(2), vec![1, 30, 31]);
         assert_eq!(t.window(100), t.full());
+        // w = 5 leaves 2 prompt tokens after BOS + resp: mid (1) and the last ctx token.
+        assert_eq!(t.ctx_in_window(5), 1);
+        assert_eq!(t.ctx_in_window(3), 0);
+        assert_eq!(t.ctx_in_window(100), 3);
     }
 
     #[test]

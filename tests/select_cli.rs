@@ -89,6 +89,8 @@ fn select(c: &Case, extra: &[&str]) -> (std::process::Output, String, Value) {
         "minmax",
         "--cam-norm",
         "l1",
+        "--recipe",
+        "paper",
         "--quiet",
     ];
     args.extend(extra);

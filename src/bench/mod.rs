@@ -222,6 +222,7 @@ fn whole_sample(
         max_segments: MAX_SEGMENTS,
         max_batch_tokens: budget,
         with_ifd: false,
+        token_nll: false,
     };
     device.synchronize()?;
     let start = Instant::now();

@@ -1,7 +1,9 @@
-//! The dataset-level ranking (spec section 6): HMP from normalized perplexities, CAS per
-//! sample, Eq. 6, and the top-k cut with ties broken by line order. Pure functions.
+//! The dataset-level ranking (spec section 6): a method (GATEAU under a recipe, or a
+//! baseline) orders the scored samples, ties broken by line order. Pure functions.
 
-use crate::normalize::{cas, hmg_norm, softmax, CamNorm, HmgNorm};
+use super::recipe::{combine, Recipe, RecipeName};
+use super::terms::Inputs;
+use crate::rank::normalize::{CamNorm, HmgNorm};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +53,53 @@ pub struct Candidate {
     pub seg_attn: Vec<f64>,
     /// Response perplexity with nothing before it (IFD's denominator), when scored.
     pub ppl_alone: Option<f64>,
+    /// Per segment: does it lie wholly before what model A reads (None: not recorded)?
+    pub seg_far: Option<Vec<bool>>,
+    /// Per-token response NLL of model A and model B (`score --token-nll`).
+    pub nll: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Candidate {
+    pub fn inputs(&self) -> Inputs<'_> {
+        Inputs {
+            ppl_short: self.ppl_short,
+            ppl_long: self.ppl_long,
+            seg_ppl: &self.seg_ppl,
+            seg_attn: &self.seg_attn,
+            seg_far: self.seg_far.as_deref(),
+            nll: self.nll.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),
+        }
+    }
+}
+
+/// How GATEAU's score is made: the recipe, alpha and the paper recipe's normalizations.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Ranking {
+    pub recipe: Recipe,
+    pub alpha: f64,
+    pub hmg_norm: HmgNorm,
+    pub cam_norm: CamNorm,
+}
+
+impl Ranking {
+    /// The paper's Eq. 6 with these settings.
+    pub fn paper(alpha: f64, hmg_norm: HmgNorm, cam_norm: CamNorm) -> Self {
+        Self {
+            recipe: RecipeName::Paper.recipe(),
+            alpha,
+            hmg_norm,
+            cam_norm,
+        }
+    }
+}
+
+/// What a method needs that a scored sample lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// `ppl_alone` (`score --with-ifd`), on this line.
+    PplAlone(u64),
+    /// `nll_short` / `nll_long` (`score --token-nll`), on this line.
+    TokenNll(u64),
 }
 
 /// One sample's parts of the final score.
@@ -82,18 +131,25 @@ pub fn rank_by(
     hn: HmgNorm,
     cn: CamNorm,
 ) -> Result<Vec<Ranked>, u64> {
+    rank_with(c, method, &Ranking::paper(alpha, hn, cn)).map_err(|m| match m {
+        Missing::PplAlone(l) | Missing::TokenNll(l) => l,
+    })
+}
+
+/// Ranks by `method` under a ranking's recipe (see [`rank_by`]).
+pub fn rank_with(c: &[Candidate], method: Method, r: &Ranking) -> Result<Vec<Ranked>, Missing> {
     let alpha = match method {
         Method::Hmg => 1.0,
         Method::Cam => 0.0,
-        _ => alpha,
+        _ => r.alpha,
     };
-    let mut out = rank(c, alpha, hn, cn);
+    let mut out = rank_recipe(c, &Ranking { alpha, ..*r })?;
     let own: Option<Vec<f64>> = match method {
         Method::Gateau | Method::Hmg | Method::Cam => None,
         Method::Ppl => Some(c.iter().map(|x| x.ppl_long).collect()),
         Method::Ifd => Some(
             c.iter()
-                .map(|x| ifd(x).ok_or(x.line))
+                .map(|x| ifd(x).ok_or(Missing::PplAlone(x.line)))
                 .collect::<Result<_, _>>()?,
         ),
     };
@@ -118,29 +174,28 @@ fn sort_ranked(out: &mut [Ranked]) {
 
 /// Scores every candidate (Eq. 6) and returns them in score order (ties: lower line first).
 pub fn rank(c: &[Candidate], alpha: f64, hn: HmgNorm, cn: CamNorm) -> Vec<Ranked> {
-    let short: Vec<f64> = c.iter().map(|x| x.ppl_short).collect();
-    let long: Vec<f64> = c.iter().map(|x| x.ppl_long).collect();
-    let (ns, nl) = (hmg_norm(&short, hn), hmg_norm(&long, hn));
-    let hmp: Vec<f64> = ns.iter().zip(&nl).map(|(a, b)| a - b).collect();
-    let cas: Vec<Option<f64>> = c.iter().map(|x| cas(&x.seg_ppl, &x.seg_attn, cn)).collect();
-    let min = cas.iter().flatten().copied().fold(f64::INFINITY, f64::min);
-    let filled: Vec<f64> = cas
-        .iter()
-        .map(|v| v.unwrap_or(if min.is_finite() { min } else { 0.0 }))
-        .collect();
-    let (sh, sc) = (softmax(&hmp), softmax(&filled));
+    rank_recipe(c, &Ranking::paper(alpha, hn, cn))
+        .expect("the paper recipe needs nothing beyond the perplexities")
+}
+
+/// Scores every candidate under a recipe; `hmp` and `cas` of each row are then the
+/// recipe's HMG and CAM terms.
+pub fn rank_recipe(c: &[Candidate], r: &Ranking) -> Result<Vec<Ranked>, Missing> {
+    let inputs: Vec<Inputs> = c.iter().map(Candidate::inputs).collect();
+    let m = combine(&inputs, &r.recipe, r.alpha, r.hmg_norm, r.cam_norm)
+        .map_err(|i| Missing::TokenNll(c[i].line))?;
     let mut out: Vec<Ranked> = (0..c.len())
         .map(|i| Ranked {
             line: c[i].line,
-            hmp: hmp[i],
-            cas: cas[i],
-            cas_filled: filled[i],
-            score: alpha * sh[i] + (1.0 - alpha) * sc[i],
+            hmp: m.hmg[i],
+            cas: m.cam[i],
+            cas_filled: m.cam_filled[i],
+            score: m.score[i],
             rank: 0,
         })
         .collect();
     sort_ranked(&mut out);
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -155,6 +210,8 @@ mod tests {
             seg_ppl: seg_ppl.to_vec(),
             seg_attn: seg_attn.to_vec(),
             ppl_alone: None,
+            seg_far: None,
+            nll: None,
         }
     }
 
