@@ -57,6 +57,16 @@ pub struct ScoreRecord {
     /// With `score --with-ifd`: PPL_B of the response after BOS only (IFD's denominator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ppl_alone: Option<f64>,
+    /// The settings behind the numbers (`provenance::Fingerprint`); absent in records of
+    /// a gateau before fingerprints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// XXH64 of the input line scored (`provenance::line_hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line_hash: Option<String>,
+    /// `I/N` when scored with `--shard I/N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
 }
 
 impl ScoreRecord {
@@ -79,6 +89,9 @@ impl ScoreRecord {
             seg_attn: None,
             cas: None,
             ppl_alone: None,
+            fingerprint: None,
+            line_hash: None,
+            shard: None,
         }
     }
 

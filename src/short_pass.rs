@@ -1,8 +1,11 @@
 //! Phase one of a two-phase `gateau score`: model A alone over every pending sample,
 //! ppl_short written to a side file next to `--out` (`<out>.short-pass.jsonl`, one
-//! `{"line", "ppl_short"}` per sample, resumable), read back by phase two.
+//! `{"line", "ppl_short", "fingerprint", "line_hash"}` per sample, resumable, locked while
+//! it is written), read back by phase two. On resume, entries of other settings or of a
+//! changed input line are computed again.
 
 use crate::data::LineReader;
+use crate::files::{lock, Named};
 use crate::model;
 use crate::models::{load_short, short_spec};
 use crate::passes::ppl;
@@ -14,15 +17,22 @@ use candle_core::{DType, Device};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Entry {
     line: u64,
     ppl_short: f64,
+    #[serde(default)]
+    fingerprint: Option<String>,
+    #[serde(default)]
+    line_hash: Option<String>,
 }
+
+/// A kept phase-one result: ppl_short and the hash of the line it was computed on.
+type Done = HashMap<u64, (f64, String)>;
 
 pub fn side_file(s: &ScoreSettings) -> PathBuf {
     let mut name = s.out.as_os_str().to_owned();
@@ -30,19 +40,29 @@ pub fn side_file(s: &ScoreSettings) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Entries already in the side file (a cut last line is ignored and rewritten).
-fn read_side(path: &PathBuf) -> Result<HashMap<u64, f64>> {
+/// Entries of this run's settings already in the side file (a cut last line is ignored
+/// and rewritten), and how many others were dropped.
+fn read_side(f: &File, path: &Path, fingerprint: &str) -> Result<(Done, usize)> {
     let mut out = HashMap::new();
-    let Ok(f) = File::open(path) else {
-        return Ok(out);
-    };
+    let mut dropped = 0;
     for line in BufReader::new(f).lines() {
         let line = line.with_context(|| format!("cannot read {}", path.display()))?;
         if let Ok(e) = serde_json::from_str::<Entry>(&line) {
-            out.insert(e.line, e.ppl_short);
+            match (e.fingerprint.as_deref() == Some(fingerprint), e.line_hash) {
+                (true, Some(h)) => {
+                    out.insert(e.line, (e.ppl_short, h));
+                }
+                _ => dropped += 1,
+            }
         }
     }
-    Ok(out)
+    Ok((out, dropped))
+}
+
+fn write_entry(side: &mut File, path: &Path, e: &Entry) -> Result<()> {
+    writeln!(side, "{}", serde_json::to_string(e)?)
+        .and_then(|_| side.flush())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Runs phase one; returns ppl_short by line for every pending sample that tokenized.
@@ -53,23 +73,39 @@ pub(crate) fn run(
     existing: &Existing,
 ) -> Result<HashMap<u64, f64>> {
     let path = side_file(s);
-    let mut done = if s.resume {
-        read_side(&path)?
+    let mut side = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    lock(&side, &Named::new("the phase-one file", &path))?;
+    let (mut done, dropped) = if s.resume {
+        read_side(&side, &path, &s.fingerprint)?
     } else {
-        HashMap::new()
+        (HashMap::new(), 0)
     };
+    if dropped > 0 && !s.quiet {
+        eprintln!(
+            "gateau score: {dropped} phase-one results in {} were made with other settings \
+             (or by an older gateau): computing them again",
+            path.display()
+        );
+    }
     // Rewritten whole, so a cut last line never sits before new entries.
-    let mut side =
-        File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-    for (line, p) in &done {
-        writeln!(
-            side,
-            "{}",
-            serde_json::to_string(&Entry {
-                line: *line,
-                ppl_short: *p
-            })?
-        )?;
+    side.set_len(0)?;
+    side.seek(SeekFrom::Start(0))?;
+    let mut lines: Vec<_> = done.iter().collect();
+    lines.sort_by_key(|(l, _)| **l);
+    for (line, (p, h)) in lines {
+        let e = Entry {
+            line: *line,
+            ppl_short: *p,
+            fingerprint: Some(s.fingerprint.clone()),
+            line_hash: Some(h.clone()),
+        };
+        write_entry(&mut side, &path, &e)?;
     }
     let spec = short_spec(s).ok_or_else(|| anyhow!("two phases need --short-model"))?;
     // Tokens come from model B's tokenizer, as in a one-phase run.
@@ -86,7 +122,7 @@ pub(crate) fn run(
     let in_shard = |l: u64| s.shard.is_none_or(|sh| sh.contains(l));
     let n_lines = crate::data::reader::count_lines(&s.data)?;
     let todo = (0..n_lines)
-        .filter(|&l| in_shard(l) && !existing.lines.contains_key(&l) && !done.contains_key(&l))
+        .filter(|&l| in_shard(l) && !existing.lines.contains(&l) && !done.contains_key(&l))
         .count() as u64;
     let mut progress = Progress::new(todo, s.quiet);
     let mut reader = LineReader::open(&s.data)?;
@@ -94,10 +130,9 @@ pub(crate) fn run(
         let mut chunk = Vec::with_capacity(32);
         for raw in reader.by_ref() {
             let raw = raw?;
-            if !in_shard(raw.number)
-                || done.contains_key(&raw.number)
-                || already_done(&raw, existing, s)?
-            {
+            // A result of another version of this line is computed again.
+            let fresh = done.get(&raw.number).is_some_and(|(_, h)| *h == raw.hash());
+            if !in_shard(raw.number) || fresh || already_done(&raw, existing) {
                 continue;
             }
             chunk.push(raw);
@@ -122,17 +157,14 @@ pub(crate) fn run(
                     .forward(std::slice::from_ref(&full), t.resp_start(), false)
                     .with_context(|| format!("{} line {}", s.data.display(), raw.number))?;
                 let p = ppl(&o.nll[0]);
-                writeln!(
-                    side,
-                    "{}",
-                    serde_json::to_string(&Entry {
-                        line: raw.number,
-                        ppl_short: p
-                    })?
-                )
-                .and_then(|_| side.flush())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-                done.insert(raw.number, p);
+                let e = Entry {
+                    line: raw.number,
+                    ppl_short: p,
+                    fingerprint: Some(s.fingerprint.clone()),
+                    line_hash: Some(raw.hash()),
+                };
+                write_entry(&mut side, &path, &e)?;
+                done.insert(raw.number, (p, raw.hash()));
                 tokens = full.len();
             }
             progress.advance(tokens as u64);
@@ -142,7 +174,7 @@ pub(crate) fn run(
     if !s.quiet {
         eprintln!("gateau score: phase 2 of 2: long model {}", s.long_model);
     }
-    Ok(done)
+    Ok(done.into_iter().map(|(l, (p, _))| (l, p)).collect())
 }
 
 /// The side file is an intermediate: gone once phase two has finished.

@@ -11,3 +11,4 @@ mod score_cli;
 mod select_cli;
 mod smollm2;
 mod spec_ref;
+mod trust;
