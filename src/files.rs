@@ -137,8 +137,8 @@ fn lock_holder(f: &File) -> Option<u32> {
 }
 
 /// Takes the exclusive lock of an output for as long as `f` stays open; another process
-/// holding it is an error naming the file and that process.
-pub fn lock(f: &File, o: &Named) -> Result<()> {
+/// holding it is an error naming the file, that process and `flag` as the way out.
+pub fn lock(f: &File, o: &Named, flag: &str) -> Result<()> {
     match f.try_lock() {
         Ok(()) => Ok(()),
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -148,10 +148,9 @@ pub fn lock(f: &File, o: &Named) -> Result<()> {
             };
             bail!(
                 "{} {} is locked by {who}, another gateau run writing it; wait for it to \
-                 finish (or stop it), or choose another {}",
+                 finish (or stop it), or choose another {flag}",
                 o.flag,
                 o.path.display(),
-                o.flag
             )
         }
         Err(std::fs::TryLockError::Error(e)) => {
@@ -209,14 +208,14 @@ mod tests {
         let p = d.path().join("o");
         let first = File::create(&p).unwrap();
         let o = Named::new("--out", &p);
-        lock(&first, &o).unwrap();
+        lock(&first, &o, "--out").unwrap();
         let second = File::open(&p).unwrap();
-        let err = format!("{}", lock(&second, &o).unwrap_err());
+        let err = format!("{}", lock(&second, &o, "--out").unwrap_err());
         assert!(
             err.contains(&format!("process {}", std::process::id())),
             "{err}"
         );
         drop(first);
-        lock(&second, &o).unwrap();
+        lock(&second, &o, "--out").unwrap();
     }
 }

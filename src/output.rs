@@ -73,7 +73,7 @@ pub(crate) fn open(s: &ScoreSettings, fp: &Fingerprint) -> Result<(ScoreOutput, 
         .truncate(false)
         .open(&s.out)
         .with_context(|| format!("cannot open --out {}", s.out.display()))?;
-    lock(&f, &out)?;
+    lock(&f, &out, "--out")?;
     let len = f.metadata()?.len();
     if len > 0 && !s.resume && !s.overwrite {
         bail!(

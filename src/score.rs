@@ -147,12 +147,12 @@ fn score_all(
     existing: Existing,
     started: Instant,
 ) -> Result<ExitCode> {
-    let given = match two_phase(&s, &device, dtype)? {
-        true => Some(crate::short_pass::run(&s, &device, dtype, &existing)?),
+    let given = match two_phase(s, device, dtype)? {
+        true => Some(crate::short_pass::run(s, device, dtype, &existing)?),
         false => None,
     };
     let two_phases = given.is_some();
-    let models = Models::load(&s, &device, dtype, given)?;
+    let models = Models::load(s, device, dtype, given)?;
     let long = &models.long;
     if !s.quiet {
         eprintln!(
@@ -209,7 +209,7 @@ fn score_all(
         }
         let prepared: Vec<Prepared> = chunk
             .par_iter()
-            .map(|raw| prepare(raw, &long.tokenizer, long.bos, &s))
+            .map(|raw| prepare(raw, &long.tokenizer, long.bos, s))
             .collect::<Result<_>>()?;
         for p in prepared {
             let done = match p {
@@ -218,28 +218,28 @@ fn score_all(
                     Some(r) => vec![(r, 0)],
                     None => {
                         let line = sample.line;
-                        score_one(sample, t, &models, &s, &mut packer)
+                        score_one(sample, t, &models, s, &mut packer)
                             .with_context(|| format!("{} line {line}", s.data.display()))?
                     }
                 },
             };
             for (record, tokens) in done {
-                emit(&mut out, &record, tokens, &mut tally, &mut progress, &s)?;
+                emit(&mut out, &record, tokens, &mut tally, &mut progress, s)?;
             }
         }
     }
     for (record, tokens) in
-        flush(&models, &s, &mut packer).with_context(|| format!("{}", s.data.display()))?
+        flush(&models, s, &mut packer).with_context(|| format!("{}", s.data.display()))?
     {
-        emit(&mut out, &record, tokens, &mut tally, &mut progress, &s)?;
+        emit(&mut out, &record, tokens, &mut tally, &mut progress, s)?;
     }
     if let Some(msg) = packer.summary().filter(|_| !s.quiet) {
         progress.println(&format!("gateau score: {msg}"));
     }
     if two_phases {
-        crate::short_pass::done(&s);
+        crate::short_pass::done(s);
     }
-    Ok(summarize(&tally, &progress, started, &s))
+    Ok(summarize(&tally, &progress, started, s))
 }
 
 /// Whether `--resume` keeps a record of this line (the kept records were checked against

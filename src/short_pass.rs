@@ -80,7 +80,7 @@ pub(crate) fn run(
         .truncate(false)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    lock(&side, &Named::new("the phase-one file", &path))?;
+    lock(&side, &Named::new("the phase-one file", &path), "--out")?;
     let (mut done, dropped) = if s.resume {
         read_side(&side, &path, &s.fingerprint)?
     } else {

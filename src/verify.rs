@@ -8,7 +8,6 @@ use crate::data::{parse_line, LineReader};
 use crate::provenance::first_difference;
 use crate::record::{ScoreRecord, Status};
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -114,6 +113,9 @@ pub fn load(files: &[PathBuf], data: &Path, allow_missing: bool) -> Result<Score
     })
 }
 
+/// Byte offset and length of each input line.
+type Offsets = Vec<(u64, usize)>;
+
 /// Offsets of every input line and the lines with fallback ids; each record must be of
 /// the line it names (its line hash, or for old records its id).
 fn check_lines(
@@ -121,7 +123,7 @@ fn check_lines(
     data: &Path,
     records: &BTreeMap<u64, ScoreRecord>,
     origin: &BTreeMap<u64, (usize, usize)>,
-) -> Result<(Vec<(u64, usize)>, HashSet<u64>)> {
+) -> Result<(Offsets, HashSet<u64>)> {
     let mut offsets = Vec::new();
     let mut fallback = HashSet::new();
     for raw in LineReader::open(data)? {
@@ -158,7 +160,7 @@ fn check_lines(
             }
         }
         // Only an id equal to the line number can be a fallback one.
-        if r.status == Status::Ok && r.id == Value::from(raw.number) {
+        if r.status == Status::Ok && r.id == raw.number {
             if let Ok(s) = parse_line(&raw) {
                 if !s.id_given {
                     fallback.insert(raw.number);

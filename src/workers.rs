@@ -264,7 +264,7 @@ fn score_all(
                 }
                 let lm = (&tok, bos);
                 pre_pass(
-                    &s,
+                    s,
                     lm,
                     &existing,
                     &mut seen,
@@ -291,7 +291,7 @@ fn score_all(
             let Msg::Done(r) = msg else { continue };
             let step = r.and_then(|done| {
                 let (record, tokens) = *done;
-                emit(&mut out, &record, tokens, &mut tally, &mut progress, &s)
+                emit(&mut out, &record, tokens, &mut tally, &mut progress, s)
             });
             if let Err(e) = step {
                 stop.store(true, Ordering::Relaxed);
@@ -308,7 +308,7 @@ fn score_all(
         Ok(progress)
     });
     let progress = result?;
-    Ok(summarize(&tally, &progress, started, &s))
+    Ok(summarize(&tally, &progress, started, s))
 }
 
 /// Parses and tokenizes every pending line in line order: failures and duplicates are

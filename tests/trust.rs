@@ -499,7 +499,7 @@ fn a_file_of_only_bad_lines_stops_with_one_message() {
             "the first 100 lines are bad",
             "\"mesages\" (100)",
             "\"id\" (100)",
-            "did you mean `messages`",
+            "Did you mean `messages` (for \"mesages\")?",
         ],
     );
     assert!(

@@ -28,8 +28,8 @@ pub fn distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -121,21 +121,26 @@ pub fn refuse_unreadable(path: &Path) -> Result<()> {
     let guess: Vec<String> = keys
         .keys()
         .filter(|k| !known.contains(&k.as_str()))
-        .filter_map(|k| nearest(k, &known).map(|f| format!("`{f}` for {k:?}")))
+        .filter_map(|k| nearest(k, &known).map(|f| format!("`{f}` (for {k:?})")))
         .collect();
     let hint = if guess.is_empty() {
         String::new()
     } else {
-        format!("; did you mean {}?", guess.join(", "))
+        format!(" Did you mean {}?", guess.join(", "))
+    };
+    // With keys to show, "no usable shape" would only repeat the list below.
+    let first = if keys.is_empty() || !reason.starts_with("no usable shape") {
+        format!(" (line {line}: {reason})")
+    } else {
+        String::new()
     };
     let shapes: Vec<String> = SHAPES
         .iter()
         .map(|(name, f)| format!("{name} {}", f.join("/")))
         .collect();
     bail!(
-        "--data {}: {which} are bad, so it is not a dataset gateau can read (line {line}: \
-         {reason}); {found}{hint}. gateau reads one JSON object per line with the keys of \
-         one of: {}",
+        "--data {}: {which} are bad, so it is not a dataset gateau can read{first}; \
+         {found}.{hint} gateau reads one JSON object per line with the keys of one of: {}",
         path.display(),
         shapes.join("; ")
     )
