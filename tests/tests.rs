@@ -12,3 +12,4 @@ mod select_cli;
 mod smollm2;
 mod spec_ref;
 mod trust;
+mod trust_readers;
