@@ -1,72 +1,14 @@
 //! Score records read back and ranked: what `select`, `report`, `inspect` and `compare`
-//! share. Reads every shard file, checks the records against the input (ids, line range),
-//! sorts out bad, skipped, missing and duplicate samples, and ranks the rest by a method.
+//! share. Reads every shard file through [`crate::verify::load`] (one fingerprint, line
+//! hashes of this input, no missing lines unless allowed), sorts out bad, skipped, missing
+//! and duplicate samples, and ranks the rest by a method.
 
-use crate::data::{parse_line, LineReader};
 use crate::rank::selection::{rank_with, Candidate, Method, Missing, Ranked};
 use crate::record::{ScoreRecord, Status};
 use crate::report::{Counts, DuplicateId, Problem, SampleRow};
 use crate::settings::RankSettings;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-
-/// Every record of the score files, one per input line (the first wins), and how many
-/// records were read in all.
-pub fn read_records(files: &[PathBuf]) -> Result<(BTreeMap<u64, ScoreRecord>, usize)> {
-    let mut by_line = BTreeMap::new();
-    let mut total = 0;
-    for f in files {
-        let reader = BufReader::new(
-            File::open(f).with_context(|| format!("cannot open score file {}", f.display()))?,
-        );
-        for (i, line) in reader.split(b'\n').enumerate() {
-            let line = line.with_context(|| format!("cannot read {}", f.display()))?;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let r: ScoreRecord = serde_json::from_slice(&line).with_context(|| {
-                format!(
-                    "{} line {}: not a score record (a score run still writing, or cut off? \
-                     finish it with `gateau score --resume`)",
-                    f.display(),
-                    i + 1
-                )
-            })?;
-            total += 1;
-            by_line.entry(r.line).or_insert(r);
-        }
-    }
-    Ok((by_line, total))
-}
-
-/// Byte offset and length of every input line, with ids checked against the records.
-fn index_data(path: &Path, records: &BTreeMap<u64, ScoreRecord>) -> Result<Vec<(u64, usize)>> {
-    let mut offsets = Vec::new();
-    let mut pos = 0u64;
-    for raw in LineReader::open(path)? {
-        let raw = raw?;
-        if let Some(r) = records.get(&raw.number) {
-            if let Ok(s) = parse_line(&raw) {
-                if s.id != r.id && r.status == Status::Ok {
-                    bail!(
-                        "{} line {} has id {}, but its score record has id {}: the scores \
-                         were computed on another file",
-                        path.display(),
-                        raw.number,
-                        s.id,
-                        r.id
-                    );
-                }
-            }
-        }
-        offsets.push((pos, raw.bytes.len()));
-        pos += raw.bytes.len() as u64;
-    }
-    Ok(offsets)
-}
 
 /// The scored samples of a dataset, ranked.
 pub struct Analysis {
@@ -148,16 +90,9 @@ impl Analysis {
 /// Reads, checks and ranks (`--strict` turns any bad, skipped, missing or duplicate
 /// sample into an error).
 pub fn analyse(s: &RankSettings) -> Result<Analysis> {
-    let (records, n_records) = read_records(&s.scores)?;
-    let offsets = index_data(&s.data, &records)?;
+    let loaded = crate::verify::load(&s.scores, &s.data, s.allow_missing)?;
+    let (records, n_records, offsets) = (loaded.records, loaded.n_records, loaded.offsets);
     let n_lines = offsets.len() as u64;
-    if let Some((&line, _)) = records.range(n_lines..).next() {
-        bail!(
-            "score record for line {line}, but {} has only {n_lines} lines: the scores were \
-             computed on another file",
-            s.data.display()
-        );
-    }
     let (mut bad, mut skipped, mut dups) = (Vec::new(), Vec::new(), Vec::new());
     let mut first_of: HashMap<String, usize> = HashMap::new();
     let mut candidates = Vec::new();
@@ -170,6 +105,8 @@ pub fn analyse(s: &RankSettings) -> Result<Analysis> {
         match r.status {
             Status::Bad => bad.push(problem()),
             Status::Skipped => skipped.push(problem()),
+            // A line-number id is no duplicate of anything (spec section 8).
+            Status::Ok if loaded.fallback_ids.contains(&r.line) => candidates.push(candidate(r)?),
             Status::Ok => match first_of.get(&r.id_key()) {
                 Some(&i) => {
                     let d: &mut DuplicateId = &mut dups[i];
@@ -188,7 +125,7 @@ pub fn analyse(s: &RankSettings) -> Result<Analysis> {
         }
     }
     dups.retain(|d| !d.dropped_lines.is_empty());
-    let missing: Vec<u64> = (0..n_lines).filter(|l| !records.contains_key(l)).collect();
+    let missing = loaded.missing;
     let counts = Counts {
         lines: n_lines,
         records: n_records,

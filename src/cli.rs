@@ -9,6 +9,7 @@ use crate::rank::terms::{CamTerm, HmgTerm};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// Pick the most valuable samples of a long-context instruction dataset (GATEAU).
 ///
@@ -17,8 +18,9 @@ use std::path::PathBuf;
 /// per-segment perplexities and attention of the long model (CAM). `gateau select` ranks
 /// the records across the dataset and writes the top samples, byte for byte.
 ///
-/// Exit status: 0 success, 1 error, 2 finished but some samples were reported as bad or
-/// skipped (see the summary, the records' "error" fields and `select --report`).
+/// Exit status: 0 success (also with bad or skipped samples, up to --max-bad), 1 error
+/// (nothing usable, a refused input or output), 2 finished with more bad or skipped samples
+/// than --max-bad (see the summary, the records' "error" fields and `select --report`).
 #[derive(Debug, Parser)]
 #[command(name = "gateau", version, propagate_version = true)]
 pub struct Cli {
@@ -210,6 +212,11 @@ pub struct CommonArgs {
     /// Make the first bad or skipped sample a fatal error (exit 1).
     #[arg(long)]
     pub strict: bool,
+    /// Most bad or skipped samples (and, in `select`, missing or duplicate ones) a finished
+    /// run may report and still exit 0: a count (50) or a share of the lines read (5%).
+    /// More exit 2.
+    #[arg(long, value_name = "N|P%", default_value = "5%")]
+    pub max_bad: MaxBad,
     /// No progress, settings or summary on stderr; errors are still printed.
     #[arg(long, short)]
     pub quiet: bool,
@@ -379,6 +386,10 @@ pub struct RankArgs {
     /// Replace the recipe's dataset-wide scale F of both terms [default: the recipe's].
     #[arg(long, value_enum, value_name = "F")]
     pub fuse: Option<Fuse>,
+    /// Go on when lines of --data have no score record (a shard file not given, a score
+    /// run not finished): rank the scored lines only. Without it, that is an error.
+    #[arg(long)]
+    pub allow_missing: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -399,6 +410,9 @@ pub struct SelectArgs {
     /// Also write the plots and summary of `gateau report` into this folder.
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
+    /// Replace an existing --out, --report or --report-dir summary instead of refusing.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -444,6 +458,70 @@ pub struct CompareArgs {
     pub json: Option<PathBuf>,
 }
 
+/// `--max-bad`: a count of samples, or a percentage of the lines read.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxBad {
+    Count(u64),
+    Percent(f64),
+}
+
+impl std::str::FromStr for MaxBad {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = || format!("{s:?} is not a limit: use a count (50) or a percentage (5%)");
+        match s.trim().strip_suffix('%') {
+            Some(p) => {
+                let p: f64 = p.trim().parse().map_err(|_| err())?;
+                if !(0.0..=100.0).contains(&p) {
+                    return Err(err());
+                }
+                Ok(Self::Percent(p))
+            }
+            None => s.trim().parse().map(Self::Count).map_err(|_| err()),
+        }
+    }
+}
+
+impl std::fmt::Display for MaxBad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Count(n) => write!(f, "{n}"),
+            Self::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl MaxBad {
+    /// Whether `problems` of `lines` are within the limit.
+    pub fn allows(&self, problems: u64, lines: u64) -> bool {
+        match *self {
+            Self::Count(n) => problems <= n,
+            Self::Percent(p) => problems as f64 <= p / 100.0 * lines as f64 + 1e-9,
+        }
+    }
+
+    /// 0 within the limit, else 2; what was tolerated or not is said on stderr.
+    pub fn exit_code(&self, what: &str, problems: u64, lines: u64, quiet: bool) -> ExitCode {
+        if problems == 0 {
+            return ExitCode::SUCCESS;
+        }
+        let within = self.allows(problems, lines);
+        if !quiet {
+            eprintln!(
+                "{what}: {problems} of {lines} lines were not usable samples: {} --max-bad {self}{}",
+                if within { "within" } else { "more than" },
+                if within { "" } else { " (exit status 2)" }
+            );
+        }
+        if within {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// `--shard I/N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Shard {
@@ -481,6 +559,16 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn max_bad_counts_and_shares() {
+        let five: MaxBad = "5%".parse().unwrap();
+        assert!(five.allows(500, 10_000) && !five.allows(501, 10_000));
+        assert!(!five.allows(1, 10), "5% of 10 lines is 0.5 samples");
+        let n: MaxBad = "3".parse().unwrap();
+        assert!(n.allows(3, 4) && !n.allows(4, 1000));
+        assert!("x".parse::<MaxBad>().is_err() && "101%".parse::<MaxBad>().is_err());
     }
 
     #[test]

@@ -74,6 +74,16 @@ pub struct ScoreRecord {
     /// With `score --token-nll`: model B's per-token response NLL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nll_long: Option<Vec<f32>>,
+    /// The settings behind the numbers (`provenance::Fingerprint`); absent in records of
+    /// a gateau before fingerprints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// XXH64 of the input line scored (`provenance::line_hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line_hash: Option<String>,
+    /// `I/N` when scored with `--shard I/N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
 }
 
 impl ScoreRecord {
@@ -101,6 +111,9 @@ impl ScoreRecord {
             ctx_short: None,
             nll_short: None,
             nll_long: None,
+            fingerprint: None,
+            line_hash: None,
+            shard: None,
         }
     }
 

@@ -7,15 +7,15 @@ use crate::models::{two_phase, Models};
 use crate::pack::Packer;
 use crate::passes::{full_passes, SampleScores};
 use crate::progress::Progress;
+use crate::provenance::Fingerprint;
 use crate::record::{ScoreRecord, Status};
 use crate::settings::{describe, ScoreSettings, ShortSpec};
 use crate::template::{segment_starts, tokenize, TokenizeError, Tokens};
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::fs::File;
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -28,74 +28,7 @@ pub(crate) enum Prepared {
     Ready(Sample, Tokens),
 }
 
-/// Records already in `--out` (for --resume): line -> id key.
-pub(crate) struct Existing {
-    pub lines: HashMap<u64, String>,
-    pub ids: Vec<(String, u64)>,
-    /// Kept records that are bad or skipped: the run still finishes with status 2.
-    pub problems: u64,
-}
-
-/// Opens `--out` for appending; with `resume`, reads what is there and cuts a half-written
-/// last line.
-pub(crate) fn open_output(path: &Path, resume: bool, overwrite: bool) -> Result<(File, Existing)> {
-    let mut existing = Existing {
-        lines: HashMap::new(),
-        ids: Vec::new(),
-        problems: 0,
-    };
-    let exists = path.exists() && std::fs::metadata(path)?.len() > 0;
-    if exists && !resume && !overwrite {
-        bail!(
-            "--out {} already exists: pass --resume to continue it, or --overwrite to start over",
-            path.display()
-        );
-    }
-    if !resume || !exists {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create folder {}", dir.display()))?;
-        }
-        let f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-        return Ok((f, existing));
-    }
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("cannot open {} to resume", path.display()))?;
-    let mut keep = 0u64;
-    let mut reader = BufReader::new(&mut f);
-    let mut buf = Vec::new();
-    let mut n = 0usize;
-    loop {
-        buf.clear();
-        let got = reader.read_until(b'\n', &mut buf)?;
-        if got == 0 || buf.last() != Some(&b'\n') {
-            break; // end, or a half-written last line to redo
-        }
-        n += 1;
-        let rec: ScoreRecord = serde_json::from_slice(&buf).with_context(|| {
-            format!(
-                "{} line {n}: not a score record; cannot resume from it",
-                path.display()
-            )
-        })?;
-        let key = rec.id_key();
-        // A fresh run checks duplicates among scored samples only; so does a resumed one.
-        if rec.status == Status::Ok {
-            existing.ids.push((key.clone(), rec.line));
-        } else {
-            existing.problems += 1;
-        }
-        existing.lines.insert(rec.line, key);
-        keep += got as u64;
-    }
-    drop(reader);
-    f.set_len(keep)?;
-    f.seek(SeekFrom::End(0))?;
-    Ok((f, existing))
-}
+pub(crate) use crate::output::Existing;
 
 pub(crate) fn prepare(
     raw: &RawLine,
@@ -106,12 +39,9 @@ pub(crate) fn prepare(
     let sample = match parse_line(raw) {
         Ok(x) => x,
         Err(e) => {
-            return Ok(Prepared::Failed(ScoreRecord::failed(
-                e.id,
-                e.line,
-                Status::Bad,
-                e.reason,
-            )))
+            let mut r = ScoreRecord::failed(e.id, e.line, Status::Bad, e.reason);
+            r.line_hash = Some(raw.hash());
+            return Ok(Prepared::Failed(r));
         }
     };
     let t = tokenize(tokenizer, &s.template, &sample, bos, s.max_len)
@@ -123,12 +53,9 @@ pub(crate) fn prepare(
                 TokenizeError::TooLong { .. } => Status::Skipped,
                 TokenizeError::EmptyResponse => Status::Bad,
             };
-            Prepared::Failed(ScoreRecord::failed(
-                sample.id,
-                sample.line,
-                status,
-                e.to_string(),
-            ))
+            let mut r = ScoreRecord::failed(sample.id, sample.line, status, e.to_string());
+            r.line_hash = Some(sample.line_hash);
+            Prepared::Failed(r)
         }
     })
 }
@@ -157,10 +84,23 @@ pub(crate) struct Tally {
     pub tokens: u64,
     /// Bad or skipped records kept by --resume.
     pub kept_problems: u64,
+    /// Records kept by --resume.
+    pub kept: u64,
     reported: Vec<String>,
 }
 
-pub fn run(s: ScoreSettings) -> Result<ExitCode> {
+/// What must hold before any output file is created: the models and tokenizer can be
+/// read, the input is a dataset; gives the run's fingerprint.
+pub(crate) fn validate(s: &ScoreSettings, dtype: candle_core::DType) -> Result<Fingerprint> {
+    model::describe_model(&s.long_spec())?;
+    if let Some(spec) = crate::models::short_spec(s) {
+        model::describe_model(&spec)?;
+    }
+    crate::data::hints::refuse_unreadable(&s.data)?;
+    Fingerprint::of(s, dtype)
+}
+
+pub fn run(mut s: ScoreSettings) -> Result<ExitCode> {
     if s.devices.len() > 1 {
         return crate::workers::run(s);
     }
@@ -181,13 +121,38 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
         eprintln!("gateau score: device {device:?}, dtype {dtype:?}{attention}");
     }
     let started = Instant::now();
-    let (mut out, existing) = open_output(&s.out, s.resume, s.overwrite)?;
-    let given = match two_phase(&s, &device, dtype)? {
-        true => Some(crate::short_pass::run(&s, &device, dtype, &existing)?),
+    let fp = validate(&s, dtype)?;
+    s.fingerprint = fp.text.clone();
+    let (output, existing) = crate::output::open(&s, &fp)?;
+    let result = score_all(
+        &s,
+        &device,
+        dtype,
+        output.file.try_clone()?,
+        existing,
+        started,
+    );
+    if result.is_err() {
+        output.discard_if_untouched();
+    }
+    result
+}
+
+/// The run once `--out` is open and locked.
+fn score_all(
+    s: &ScoreSettings,
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
+    mut out: File,
+    existing: Existing,
+    started: Instant,
+) -> Result<ExitCode> {
+    let given = match two_phase(s, device, dtype)? {
+        true => Some(crate::short_pass::run(s, device, dtype, &existing)?),
         false => None,
     };
     let two_phases = given.is_some();
-    let models = Models::load(&s, &device, dtype, given)?;
+    let models = Models::load(s, device, dtype, given)?;
     let long = &models.long;
     if !s.quiet {
         eprintln!(
@@ -203,7 +168,7 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
     let in_shard = |l: u64| s.shard.is_none_or(|sh| sh.contains(l));
     let n_lines = crate::data::reader::count_lines(&s.data)?;
     let todo = (0..n_lines)
-        .filter(|&l| in_shard(l) && !existing.lines.contains_key(&l))
+        .filter(|&l| in_shard(l) && !existing.lines.contains(&l))
         .count() as u64;
     if !s.quiet && s.resume {
         eprintln!(
@@ -219,6 +184,7 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
     let mut progress = Progress::new(todo, s.quiet);
     let mut tally = Tally {
         kept_problems: existing.problems,
+        kept: existing.lines.len() as u64,
         ..Tally::default()
     };
     let mut packer = packer(&models);
@@ -230,7 +196,7 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
             if !in_shard(raw.number) {
                 continue;
             }
-            if already_done(&raw, &existing, &s)? {
+            if already_done(&raw, &existing) {
                 continue;
             }
             chunk.push(raw);
@@ -243,7 +209,7 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
         }
         let prepared: Vec<Prepared> = chunk
             .par_iter()
-            .map(|raw| prepare(raw, &long.tokenizer, long.bos, &s))
+            .map(|raw| prepare(raw, &long.tokenizer, long.bos, s))
             .collect::<Result<_>>()?;
         for p in prepared {
             let done = match p {
@@ -252,50 +218,34 @@ pub fn run(s: ScoreSettings) -> Result<ExitCode> {
                     Some(r) => vec![(r, 0)],
                     None => {
                         let line = sample.line;
-                        score_one(sample, t, &models, &s, &mut packer)
+                        score_one(sample, t, &models, s, &mut packer)
                             .with_context(|| format!("{} line {line}", s.data.display()))?
                     }
                 },
             };
             for (record, tokens) in done {
-                emit(&mut out, &record, tokens, &mut tally, &mut progress, &s)?;
+                emit(&mut out, &record, tokens, &mut tally, &mut progress, s)?;
             }
         }
     }
     for (record, tokens) in
-        flush(&models, &s, &mut packer).with_context(|| format!("{}", s.data.display()))?
+        flush(&models, s, &mut packer).with_context(|| format!("{}", s.data.display()))?
     {
-        emit(&mut out, &record, tokens, &mut tally, &mut progress, &s)?;
+        emit(&mut out, &record, tokens, &mut tally, &mut progress, s)?;
     }
     if let Some(msg) = packer.summary().filter(|_| !s.quiet) {
         progress.println(&format!("gateau score: {msg}"));
     }
     if two_phases {
-        crate::short_pass::done(&s);
+        crate::short_pass::done(s);
     }
-    Ok(summarize(&tally, &progress, started, &s))
+    Ok(summarize(&tally, &progress, started, s))
 }
 
-/// Whether `--resume` keeps a record of this line; the record must belong to this input
-/// (resuming against another file would silently mix datasets).
-pub(crate) fn already_done(raw: &RawLine, existing: &Existing, s: &ScoreSettings) -> Result<bool> {
-    let Some(id) = existing.lines.get(&raw.number) else {
-        return Ok(false);
-    };
-    if let Ok(sample) = parse_line(raw) {
-        if &sample.id.to_string() != id {
-            bail!(
-                "--resume: {} has id {id} for line {}, but {} line {} has id {}; \
-                 the output belongs to another input",
-                s.out.display(),
-                raw.number,
-                s.data.display(),
-                raw.number,
-                sample.id
-            );
-        }
-    }
-    Ok(true)
+/// Whether `--resume` keeps a record of this line (the kept records were checked against
+/// this input's line hashes when `--out` was opened).
+pub(crate) fn already_done(raw: &RawLine, existing: &Existing) -> bool {
+    existing.lines.contains(&raw.number)
 }
 
 /// Prints the run's summary and gives its exit status.
@@ -339,24 +289,29 @@ pub(crate) fn summarize(
             tally.kept_problems
         );
     }
-    if tally.bad + tally.skipped + tally.kept_problems > 0 {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    }
+    let problems = tally.bad + tally.skipped + tally.kept_problems;
+    let lines = tally.kept + tally.scored + tally.bad + tally.skipped;
+    s.max_bad
+        .exit_code("gateau score", problems, lines, s.quiet)
 }
 
 /// The record of a sample whose id an earlier scored sample already has (and, if not,
-/// the id is remembered). Samples must come in line order.
+/// the id is remembered). Only ids taken from the input count: a line-number fallback id
+/// never makes a duplicate (spec section 8). Samples must come in line order.
 pub(crate) fn duplicate(sample: &Sample, seen: &mut HashMap<String, u64>) -> Option<ScoreRecord> {
+    if !sample.id_given {
+        return None;
+    }
     let key = sample.id.to_string();
     if let Some(first) = seen.get(&key) {
-        return Some(ScoreRecord::failed(
+        let mut r = ScoreRecord::failed(
             sample.id.clone(),
             sample.line,
             Status::Bad,
             format!("duplicate id {key} (first on line {first})"),
-        ));
+        );
+        r.line_hash = Some(sample.line_hash.clone());
+        return Some(r);
     }
     seen.insert(key, sample.line);
     None
@@ -413,17 +368,21 @@ fn record_of(
         || sc.ppl_alone.is_some_and(|p| !p.is_finite())
         || sc.seg_ppl.iter().any(|p| !p.is_finite())
     {
-        let r = ScoreRecord::failed(
+        let mut r = ScoreRecord::failed(
             sample.id.clone(),
             sample.line,
             Status::Bad,
             "non-finite perplexity (the model's output overflowed)".into(),
         );
+        r.line_hash = Some(sample.line_hash.clone());
         return (r, sc.model_tokens);
     }
     let mut r = ScoreRecord::failed(sample.id.clone(), sample.line, Status::Ok, String::new());
     r.error = None;
-    r.warnings = warnings(t, sc.seg_ppl.len(), s.segment_len);
+    r.line_hash = Some(sample.line_hash.clone());
+    r.warnings = sample.warnings.clone();
+    r.warnings
+        .extend(warnings(t, sc.seg_ppl.len(), s.segment_len));
     r.source = sample.source.clone();
     r.n_tokens = Some(t.len());
     r.n_ctx = Some(t.ctx.len());
@@ -457,19 +416,23 @@ pub(crate) fn emit(
     progress: &mut Progress,
     s: &ScoreSettings,
 ) -> Result<()> {
-    write_record(out, record, &s.out)?;
+    write_record(out, record, s)?;
     report(record, tally, progress, s)?;
     tally.tokens += tokens as u64;
     progress.advance(tokens as u64);
     Ok(())
 }
 
-pub(crate) fn write_record(out: &mut File, r: &ScoreRecord, path: &Path) -> Result<()> {
-    let mut line = serde_json::to_vec(r)?;
+/// Writes one record, stamped with where it came from (the run's fingerprint and shard).
+pub(crate) fn write_record(out: &mut File, r: &ScoreRecord, s: &ScoreSettings) -> Result<()> {
+    let mut r = r.clone();
+    r.fingerprint = Some(s.fingerprint.clone());
+    r.shard = s.shard.map(|sh| format!("{}/{}", sh.index, sh.count));
+    let mut line = serde_json::to_vec(&r)?;
     line.push(b'\n');
     out.write_all(&line)
         .and_then(|_| out.flush())
-        .with_context(|| format!("cannot write to {}", path.display()))
+        .with_context(|| format!("cannot write to {}", s.out.display()))
 }
 
 pub(crate) fn report(

@@ -31,10 +31,10 @@ pub fn run(s: SelectSettings) -> Result<ExitCode> {
     write_selection(&s, &a.ranked[..a.k], &a.offsets)?;
     let report = build_report(&s, &a)?;
     if let Some(path) = &s.report {
-        let f = File::create(path)
-            .with_context(|| format!("cannot create --report {}", path.display()))?;
-        serde_json::to_writer_pretty(BufWriter::new(f), &report)
-            .with_context(|| format!("cannot write --report {}", path.display()))?;
+        crate::files::write_atomic(path, |f| {
+            serde_json::to_writer_pretty(BufWriter::new(f), &report)
+                .with_context(|| format!("cannot write --report {}", path.display()))
+        })?;
     }
     if let Some(dir) = &s.report_dir {
         crate::summary::write_dir(r, &a, dir, crate::summary::DEFAULT_BINS)?;
@@ -45,11 +45,12 @@ pub fn run(s: SelectSettings) -> Result<ExitCode> {
             eprintln!("  plots and summary in {}", dir.display());
         }
     }
-    Ok(if a.problems() > 0 {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(r.max_bad.exit_code(
+        "gateau select",
+        a.problems() as u64,
+        a.counts.lines,
+        r.quiet,
+    ))
 }
 
 fn build_report(s: &SelectSettings, a: &Analysis) -> Result<Report> {
@@ -74,20 +75,15 @@ fn write_selection(s: &SelectSettings, chosen: &[Ranked], offsets: &[(u64, usize
     }
     let data = &s.rank.data;
     let mut input = File::open(data).with_context(|| format!("cannot open {}", data.display()))?;
-    let tmp = s.out.with_extension("partial");
-    let mut w = BufWriter::new(
-        File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
-    );
-    for line in order {
-        w.write_all(&read_line_at(&mut input, offsets[line as usize])?)?;
-    }
-    w.into_inner()
-        .map_err(|e| e.into_error())
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
     // Renamed into place so a reader never sees half a selection.
-    std::fs::rename(&tmp, &s.out)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), s.out.display()))
+    crate::files::write_atomic(&s.out, |f| {
+        let mut w = BufWriter::new(f);
+        for line in order {
+            w.write_all(&read_line_at(&mut input, offsets[line as usize])?)?;
+        }
+        w.flush()
+            .with_context(|| format!("cannot write --out {}", s.out.display()))
+    })
 }
 
 /// Quantiles of every score component over the scored samples.

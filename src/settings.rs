@@ -1,7 +1,11 @@
 //! Settings resolved once per run: built-in paper defaults (configs/paper.json), then the
 //! user's config file, then flags. Validated here, logged by the caller.
 
-use crate::cli::{CommonArgs, DTypeArg, RankArgs, ReportArgs, ScoreArgs, SelectArgs, Shard};
+use crate::cli::{
+    CommonArgs, DTypeArg, MaxBad, RankArgs, ReportArgs, ScoreArgs, SelectArgs, Shard,
+};
+pub use crate::files::same_file;
+use crate::files::{check_new, check_outputs, Named};
 use crate::model::{DeviceChoice, ModelSpec};
 use crate::passes::PassSettings;
 use crate::rank::normalize::{CamNorm, HmgNorm};
@@ -111,7 +115,10 @@ pub struct ScoreSettings {
     pub resume: bool,
     pub overwrite: bool,
     pub strict: bool,
+    pub max_bad: MaxBad,
     pub quiet: bool,
+    /// The --config file read, if any (an input the outputs must not be).
+    pub config: Option<PathBuf>,
     pub long_model: String,
     pub short: ShortSpec,
     pub tokenizer: Option<PathBuf>,
@@ -132,6 +139,9 @@ pub struct ScoreSettings {
     /// Keep the per-token response NLL of both models in every record.
     pub token_nll: bool,
     pub template: Template,
+    /// The run's [`crate::provenance::Fingerprint`] text, once computed.
+    #[serde(skip)]
+    pub fingerprint: String,
 }
 
 fn need<T>(v: Option<T>, flag: &str) -> Result<T> {
@@ -262,7 +272,9 @@ impl ScoreSettings {
             resume: a.resume,
             overwrite: a.overwrite,
             strict: a.common.strict,
+            max_bad: a.common.max_bad,
             quiet: a.common.quiet,
+            config: a.common.config.clone(),
             long_model: need(m.long_model.clone().or(c.long_model), "--long-model")?,
             short,
             tokenizer: m.tokenizer.clone().or(c.tokenizer),
@@ -292,6 +304,7 @@ impl ScoreSettings {
             with_ifd: a.with_ifd || c.with_ifd.unwrap_or(false),
             token_nll: a.token_nll || c.token_nll.unwrap_or(false),
             template: c.template.unwrap_or_default(),
+            fingerprint: String::new(),
             data,
         };
         if !s.data.is_file() {
@@ -300,12 +313,10 @@ impl ScoreSettings {
                 s.data.display()
             );
         }
-        if same_file(&s.data, &s.out) {
-            bail!(
-                "--out {} is the input file; choose another path",
-                s.out.display()
-            );
-        }
+        check_outputs(
+            &[Named::new("--out", &s.out)],
+            &[Named::new("--data", &s.data)],
+        )?;
         Ok(s)
     }
 
@@ -359,7 +370,12 @@ pub struct RankSettings {
     pub cam_norm: CamNorm,
     pub recipe: Recipe,
     pub strict: bool,
+    pub max_bad: MaxBad,
+    /// Rank the scored lines even when some lines have no record.
+    pub allow_missing: bool,
     pub quiet: bool,
+    /// The --config file read, if any.
+    pub config: Option<PathBuf>,
 }
 
 impl RankSettings {
@@ -430,22 +446,25 @@ impl RankSettings {
                 }
             },
             strict: common.strict,
+            max_bad: common.max_bad,
+            allow_missing: a.allow_missing,
             quiet: common.quiet,
+            config: common.config.clone(),
         };
         Ok((s, c))
     }
 
+    /// The files this run reads, named by their flags.
+    pub fn inputs(&self) -> Vec<Named> {
+        let mut v = vec![Named::new("--data", &self.data)];
+        v.extend(self.scores.iter().map(|f| Named::new("--scores", f)));
+        v.extend(self.config.iter().map(|f| Named::new("--config", f)));
+        v
+    }
+
     /// Refuses an output path that is one of the inputs.
     pub fn check_output(&self, out: &Path, flag: &str) -> Result<()> {
-        for input in std::iter::once(&self.data).chain(&self.scores) {
-            if same_file(input, out) {
-                bail!(
-                    "{flag} {} is one of the inputs; refusing to overwrite it",
-                    out.display()
-                );
-            }
-        }
-        Ok(())
+        check_outputs(&[Named::new(flag, out)], &self.inputs())
     }
 }
 
@@ -467,17 +486,29 @@ impl SelectSettings {
             .clone()
             .or(c.out)
             .unwrap_or_else(|| sibling(&rank.data, ".selected.jsonl"));
-        rank.check_output(&out, "--out")?;
         let report = a.report.clone().or(c.report);
-        if let Some(r) = &report {
-            rank.check_output(r, "--report")?;
+        let report_dir = a.report_dir.clone().or(c.report_dir);
+        // Every file select writes: none may be an input, another output, or (without
+        // --overwrite) already there.
+        let mut outputs = vec![Named::new("--out", &out)];
+        outputs.extend(report.iter().map(|r| Named::new("--report", r)));
+        if let Some(dir) = &report_dir {
+            outputs.extend(
+                crate::summary::FILES
+                    .iter()
+                    .map(|f| Named::new("--report-dir", dir.join(f))),
+            );
+        }
+        check_outputs(&outputs, &rank.inputs())?;
+        for o in &outputs {
+            check_new(o, a.overwrite)?;
         }
         Ok(Self {
             rank,
             out,
             keep_order: a.keep_order,
             report,
-            report_dir: a.report_dir.clone().or(c.report_dir),
+            report_dir,
         })
     }
 }
@@ -541,14 +572,6 @@ pub fn resolve_dtype(d: Option<DTypeArg>, device: &candle_core::Device) -> candl
         Some(DTypeArg::F16) => DType::F16,
         None if device.is_cuda() => DType::BF16,
         None => DType::F32,
-    }
-}
-
-/// Whether two paths name one file (the second may not exist yet).
-pub fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
     }
 }
 

@@ -1,9 +1,12 @@
 //! Phase one of a two-phase `gateau score`: model A alone over every pending sample,
 //! ppl_short written to a side file next to `--out` (`<out>.short-pass.jsonl`, one
-//! `{"line", "ppl_short"}` per sample, plus `"nll"` with `--token-nll`; resumable), read
-//! back by phase two.
+//! `{"line", "ppl_short", "fingerprint", "line_hash"}` per sample, plus `"nll"` with
+//! `--token-nll`; resumable, locked while
+//! it is written), read back by phase two. On resume, entries of other settings or of a
+//! changed input line are computed again.
 
 use crate::data::LineReader;
+use crate::files::{lock, Named};
 use crate::model;
 use crate::models::{load_short, short_spec};
 use crate::passes::ppl;
@@ -15,14 +18,18 @@ use candle_core::{DType, Device};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Entry {
     line: u64,
     ppl_short: f64,
+    #[serde(default)]
+    fingerprint: Option<String>,
+    #[serde(default)]
+    line_hash: Option<String>,
     /// Per-token response NLL (with `--token-nll`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nll: Option<Vec<f32>>,
@@ -35,43 +42,45 @@ pub struct ShortResult {
     pub nll: Option<Vec<f32>>,
 }
 
+/// A kept phase-one result and the hash of the line it was computed on.
+type Done = HashMap<u64, (ShortResult, String)>;
+
 pub fn side_file(s: &ScoreSettings) -> PathBuf {
     let mut name = s.out.as_os_str().to_owned();
     name.push(".short-pass.jsonl");
     PathBuf::from(name)
 }
 
-/// Entries already in the side file (a cut last line is ignored and rewritten).
-fn read_side(path: &PathBuf) -> Result<HashMap<u64, ShortResult>> {
+/// Entries of this run's settings already in the side file (a cut last line is ignored
+/// and rewritten), and how many others were dropped.
+fn read_side(f: &File, path: &Path, fingerprint: &str) -> Result<(Done, usize)> {
     let mut out = HashMap::new();
-    let Ok(f) = File::open(path) else {
-        return Ok(out);
-    };
+    let mut dropped = 0;
     for line in BufReader::new(f).lines() {
         let line = line.with_context(|| format!("cannot read {}", path.display()))?;
         if let Ok(e) = serde_json::from_str::<Entry>(&line) {
-            out.insert(
-                e.line,
-                ShortResult {
-                    ppl: e.ppl_short,
-                    nll: e.nll,
-                },
-            );
+            match (e.fingerprint.as_deref() == Some(fingerprint), e.line_hash) {
+                (true, Some(h)) => {
+                    let r = ShortResult {
+                        ppl: e.ppl_short,
+                        nll: e.nll,
+                    };
+                    out.insert(e.line, (r, h));
+                }
+                _ => dropped += 1,
+            }
         }
     }
-    Ok(out)
+    Ok((out, dropped))
 }
 
-fn entry(line: u64, r: &ShortResult) -> Result<String> {
-    Ok(serde_json::to_string(&Entry {
-        line,
-        ppl_short: r.ppl,
-        nll: r.nll.clone(),
-    })?)
+fn write_entry(side: &mut File, path: &Path, e: &Entry) -> Result<()> {
+    writeln!(side, "{}", serde_json::to_string(e)?)
+        .and_then(|_| side.flush())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Runs phase one; returns model A's numbers by line for every pending sample that
-/// tokenized.
+/// Runs phase one; returns ppl_short by line for every pending sample that tokenized.
 pub(crate) fn run(
     s: &ScoreSettings,
     device: &Device,
@@ -79,16 +88,40 @@ pub(crate) fn run(
     existing: &Existing,
 ) -> Result<HashMap<u64, ShortResult>> {
     let path = side_file(s);
-    let mut done = if s.resume {
-        read_side(&path)?
+    let mut side = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    lock(&side, &Named::new("the phase-one file", &path), "--out")?;
+    let (mut done, dropped) = if s.resume {
+        read_side(&side, &path, &s.fingerprint)?
     } else {
-        HashMap::new()
+        (HashMap::new(), 0)
     };
+    if dropped > 0 && !s.quiet {
+        eprintln!(
+            "gateau score: {dropped} phase-one results in {} were made with other settings \
+             (or by an older gateau): computing them again",
+            path.display()
+        );
+    }
     // Rewritten whole, so a cut last line never sits before new entries.
-    let mut side =
-        File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-    for (line, r) in &done {
-        writeln!(side, "{}", entry(*line, r)?)?;
+    side.set_len(0)?;
+    side.seek(SeekFrom::Start(0))?;
+    let mut lines: Vec<_> = done.iter().collect();
+    lines.sort_by_key(|(l, _)| **l);
+    for (line, (r, h)) in lines {
+        let e = Entry {
+            line: *line,
+            ppl_short: r.ppl,
+            fingerprint: Some(s.fingerprint.clone()),
+            line_hash: Some(h.clone()),
+            nll: r.nll.clone(),
+        };
+        write_entry(&mut side, &path, &e)?;
     }
     let spec = short_spec(s).ok_or_else(|| anyhow!("two phases need --short-model"))?;
     // Tokens come from model B's tokenizer, as in a one-phase run.
@@ -105,7 +138,7 @@ pub(crate) fn run(
     let in_shard = |l: u64| s.shard.is_none_or(|sh| sh.contains(l));
     let n_lines = crate::data::reader::count_lines(&s.data)?;
     let todo = (0..n_lines)
-        .filter(|&l| in_shard(l) && !existing.lines.contains_key(&l) && !done.contains_key(&l))
+        .filter(|&l| in_shard(l) && !existing.lines.contains(&l) && !done.contains_key(&l))
         .count() as u64;
     let mut progress = Progress::new(todo, s.quiet);
     let mut reader = LineReader::open(&s.data)?;
@@ -113,10 +146,9 @@ pub(crate) fn run(
         let mut chunk = Vec::with_capacity(32);
         for raw in reader.by_ref() {
             let raw = raw?;
-            if !in_shard(raw.number)
-                || done.contains_key(&raw.number)
-                || already_done(&raw, existing, s)?
-            {
+            // A result of another version of this line is computed again.
+            let fresh = done.get(&raw.number).is_some_and(|(_, h)| *h == raw.hash());
+            if !in_shard(raw.number) || fresh || already_done(&raw, existing) {
                 continue;
             }
             chunk.push(raw);
@@ -145,10 +177,15 @@ pub(crate) fn run(
                     ppl: ppl(nll),
                     nll: s.token_nll.then(|| nll.clone()),
                 };
-                writeln!(side, "{}", entry(raw.number, &r)?)
-                    .and_then(|_| side.flush())
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-                done.insert(raw.number, r);
+                let e = Entry {
+                    line: raw.number,
+                    ppl_short: r.ppl,
+                    fingerprint: Some(s.fingerprint.clone()),
+                    line_hash: Some(raw.hash()),
+                    nll: r.nll.clone(),
+                };
+                write_entry(&mut side, &path, &e)?;
+                done.insert(raw.number, (r, raw.hash()));
                 tokens = full.len();
             }
             progress.advance(tokens as u64);
@@ -158,7 +195,7 @@ pub(crate) fn run(
     if !s.quiet {
         eprintln!("gateau score: phase 2 of 2: long model {}", s.long_model);
     }
-    Ok(done)
+    Ok(done.into_iter().map(|(l, (r, _))| (l, r)).collect())
 }
 
 /// The side file is an intermediate: gone once phase two has finished.

@@ -13,6 +13,16 @@ use std::path::Path;
 
 pub const DEFAULT_BINS: usize = 30;
 
+/// The files [`write_dir`] writes into its folder.
+pub const FILES: [&str; 6] = [
+    "summary.json",
+    "summary.md",
+    "score_hist.png",
+    "hmp_cas.png",
+    "ppl_short_long.png",
+    "score_length.png",
+];
+
 /// Equal-width bins over [lo, hi]; the last bin is closed on the right.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Histogram {
@@ -298,11 +308,12 @@ pub fn run(s: crate::settings::ReportSettings) -> Result<std::process::ExitCode>
             s.out.display()
         );
     }
-    Ok(if a.problems() > 0 {
-        std::process::ExitCode::from(2)
-    } else {
-        std::process::ExitCode::SUCCESS
-    })
+    Ok(s.rank.max_bad.exit_code(
+        "gateau report",
+        a.problems() as u64,
+        a.counts.lines,
+        s.rank.quiet,
+    ))
 }
 
 #[cfg(test)]

@@ -13,12 +13,13 @@ use crate::models::Models;
 use crate::progress::Progress;
 use crate::record::ScoreRecord;
 use crate::score::{
-    already_done, duplicate, emit, flush, open_output, packer, prepare, report, score_one,
-    summarize, write_record, Prepared, Tally,
+    already_done, duplicate, emit, flush, packer, prepare, report, score_one, summarize, validate,
+    write_record, Prepared, Tally,
 };
 use crate::settings::{describe, resolve_dtype, ScoreSettings};
 use crate::template::tokenize;
 use anyhow::{anyhow, Context, Result};
+use candle_core::Device;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::fs::File;
@@ -57,6 +58,7 @@ fn read_at(f: &mut File, job: &Job) -> Result<RawLine> {
     Ok(RawLine {
         number: job.line,
         bytes,
+        offset: job.offset,
     })
 }
 
@@ -153,7 +155,7 @@ fn worker(
     }
 }
 
-pub fn run(s: ScoreSettings) -> Result<std::process::ExitCode> {
+pub fn run(mut s: ScoreSettings) -> Result<std::process::ExitCode> {
     if s.phases == crate::memory::Phases::Two {
         anyhow::bail!(
             "--phases two runs on one device; for several, run one process per device with \
@@ -170,11 +172,47 @@ pub fn run(s: ScoreSettings) -> Result<std::process::ExitCode> {
         );
     }
     let started = Instant::now();
-    let (mut out, existing) = open_output(&s.out, s.resume, s.overwrite)?;
+    // One fingerprint for every record: the workers must compute in one dtype.
+    let mut dtypes = Vec::new();
+    for d in &s.devices {
+        let c: DeviceChoice = d.parse().map_err(|e: String| anyhow!(e))?;
+        // Resolved as `resolve_dtype` will on each worker's device, without opening it.
+        let dtype = match (s.dtype, c) {
+            (Some(_), _) | (None, DeviceChoice::Cpu) => resolve_dtype(s.dtype, &Device::Cpu),
+            (None, _) => candle_core::DType::BF16,
+        };
+        if !dtypes.contains(&dtype) {
+            dtypes.push(dtype);
+        }
+    }
+    if dtypes.len() > 1 {
+        anyhow::bail!(
+            "--devices {}: the devices would compute in {dtypes:?} (bf16 on CUDA, f32 on the \
+             CPU by default), and the records would not be comparable; pass --dtype",
+            s.devices.join(",")
+        );
+    }
+    let fp = validate(&s, dtypes[0])?;
+    s.fingerprint = fp.text.clone();
+    let (output, existing) = crate::output::open(&s, &fp)?;
+    let result = score_all(&s, output.file.try_clone()?, existing, started);
+    if result.is_err() {
+        output.discard_if_untouched();
+    }
+    result
+}
+
+/// The run once `--out` is open and locked.
+fn score_all(
+    s: &ScoreSettings,
+    mut out: File,
+    existing: crate::score::Existing,
+    started: Instant,
+) -> Result<std::process::ExitCode> {
     let in_shard = |l: u64| s.shard.is_none_or(|sh| sh.contains(l));
     let n_lines = crate::data::reader::count_lines(&s.data)?;
     let todo = (0..n_lines)
-        .filter(|&l| in_shard(l) && !existing.lines.contains_key(&l))
+        .filter(|&l| in_shard(l) && !existing.lines.contains(&l))
         .count() as u64;
     let mut seen: HashMap<String, u64> = HashMap::new();
     for (k, l) in &existing.ids {
@@ -187,6 +225,7 @@ pub fn run(s: ScoreSettings) -> Result<std::process::ExitCode> {
     let stop = AtomicBool::new(false);
     let mut tally = Tally::default();
     tally.kept_problems = existing.problems;
+    tally.kept = existing.lines.len() as u64;
     let result = std::thread::scope(|scope| -> Result<Progress> {
         for choice in &s.devices {
             let tx = tx.clone();
@@ -225,7 +264,7 @@ pub fn run(s: ScoreSettings) -> Result<std::process::ExitCode> {
                 }
                 let lm = (&tok, bos);
                 pre_pass(
-                    &s,
+                    s,
                     lm,
                     &existing,
                     &mut seen,
@@ -252,7 +291,7 @@ pub fn run(s: ScoreSettings) -> Result<std::process::ExitCode> {
             let Msg::Done(r) = msg else { continue };
             let step = r.and_then(|done| {
                 let (record, tokens) = *done;
-                emit(&mut out, &record, tokens, &mut tally, &mut progress, &s)
+                emit(&mut out, &record, tokens, &mut tally, &mut progress, s)
             });
             if let Err(e) = step {
                 stop.store(true, Ordering::Relaxed);
@@ -269,7 +308,7 @@ pub fn run(s: ScoreSettings) -> Result<std::process::ExitCode> {
         Ok(progress)
     });
     let progress = result?;
-    Ok(summarize(&tally, &progress, started, &s))
+    Ok(summarize(&tally, &progress, started, s))
 }
 
 /// Parses and tokenizes every pending line in line order: failures and duplicates are
@@ -285,15 +324,12 @@ fn pre_pass(
 ) -> Result<Vec<Job>> {
     let mut jobs = Vec::new();
     let mut reader = LineReader::open(&s.data)?;
-    let mut offset = 0u64;
     loop {
         let mut chunk = Vec::with_capacity(CHUNK);
         for raw in reader.by_ref() {
             let raw = raw?;
-            let at = offset;
-            offset += raw.bytes.len() as u64;
-            if !s.shard.is_none_or(|sh| sh.contains(raw.number)) || already_done(&raw, existing, s)?
-            {
+            let at = raw.offset;
+            if !s.shard.is_none_or(|sh| sh.contains(raw.number)) || already_done(&raw, existing) {
                 continue;
             }
             chunk.push((at, raw));
@@ -324,7 +360,7 @@ fn pre_pass(
                     }
                 },
             };
-            write_record(out, &record, &s.out)?;
+            write_record(out, &record, s)?;
             report(&record, tally, progress, s)?;
             progress.advance(0);
         }

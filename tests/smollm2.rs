@@ -84,6 +84,7 @@ fn gguf_tokenizer_equals_the_reference_tokenizer() {
         let raw = gateau::data::RawLine {
             number: 0,
             bytes: line.as_bytes().to_vec(),
+            offset: 0,
         };
         let s = gateau::data::parse_line(&raw).unwrap();
         let mid = format!("\n\n### Instruction:\n{}\n\n### Response:\n", s.instruction);

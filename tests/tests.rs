@@ -11,3 +11,5 @@ mod score_cli;
 mod select_cli;
 mod smollm2;
 mod spec_ref;
+mod trust;
+mod trust_readers;

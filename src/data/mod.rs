@@ -1,6 +1,7 @@
 //! Data input: JSONL read line by line (never the whole file), each line kept as raw
 //! bytes for byte-exact output, and parsed into a sample of the spec's three shapes.
 
+pub mod hints;
 pub mod reader;
 pub mod sample;
 

@@ -1,4 +1,5 @@
-//! Streaming JSONL lines with their 0-based line numbers and raw bytes.
+//! Streaming JSONL lines with their 0-based line numbers, raw bytes and byte offsets. A
+//! UTF-8 byte-order mark at the start of the file is not part of line 0 (spec section 1).
 
 use anyhow::{Context, Result};
 use std::fs::File;
@@ -10,9 +11,20 @@ use std::path::{Path, PathBuf};
 pub struct RawLine {
     pub number: u64,
     pub bytes: Vec<u8>,
+    /// Where `bytes` start in the file (3 for line 0 after a byte-order mark).
+    pub offset: u64,
 }
 
+/// The UTF-8 byte-order mark.
+pub const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 impl RawLine {
+    /// XXH64 of the line without its line ending, as 16 hex digits: what a score record
+    /// keeps to show which line it scored.
+    pub fn hash(&self) -> String {
+        crate::hash::hex(crate::hash::xxh64(self.content()))
+    }
+
     /// The line without its line ending (`\n` or `\r\n`).
     pub fn content(&self) -> &[u8] {
         let b = self.bytes.strip_suffix(b"\n").unwrap_or(&self.bytes);
@@ -23,6 +35,7 @@ impl RawLine {
 pub struct LineReader {
     inner: BufReader<File>,
     next: u64,
+    pos: u64,
     path: PathBuf,
 }
 
@@ -32,6 +45,7 @@ impl LineReader {
         Ok(Self {
             inner: BufReader::with_capacity(1 << 20, f),
             next: 0,
+            pos: 0,
             path: path.to_path_buf(),
         })
     }
@@ -43,10 +57,20 @@ impl Iterator for LineReader {
         let mut bytes = Vec::new();
         match self.inner.read_until(b'\n', &mut bytes) {
             Ok(0) => None,
-            Ok(_) => {
+            Ok(n) => {
                 let number = self.next;
+                let mut offset = self.pos;
                 self.next += 1;
-                Some(Ok(RawLine { number, bytes }))
+                self.pos += n as u64;
+                if number == 0 && bytes.starts_with(BOM) {
+                    bytes.drain(..BOM.len());
+                    offset += BOM.len() as u64;
+                }
+                Some(Ok(RawLine {
+                    number,
+                    bytes,
+                    offset,
+                }))
             }
             Err(e) => Some(Err(e).with_context(|| {
                 format!("{}: read error at line {}", self.path.display(), self.next)

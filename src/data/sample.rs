@@ -1,5 +1,6 @@
 //! One sample of the spec's section 1: LongAlign messages, Alpaca, or explicit fields.
 
+use super::hints;
 use super::RawLine;
 use serde_json::{Map, Value};
 
@@ -7,12 +8,19 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub id: Value,
+    /// Whether `id` came from the line's "id" field (else it is the line number, which
+    /// never makes the sample a duplicate: spec section 8).
+    pub id_given: bool,
     pub line: u64,
     pub context: String,
     pub instruction: String,
     pub response: String,
     /// A "source" or "dataset" string field, kept for per-source reports.
     pub source: Option<String>,
+    /// Read, but probably not as meant (a misspelled key that was ignored).
+    pub warnings: Vec<String>,
+    /// [`RawLine::hash`] of the line.
+    pub line_hash: String,
 }
 
 /// Why a line is not a sample, with the id when one could be read.
@@ -30,7 +38,10 @@ fn text_field(obj: &Map<String, Value>, key: &str, required: bool) -> Result<Str
             "field {key:?} must be a string, found {}",
             kind(other)
         )),
-        None if required => Err(format!("missing field {key:?}")),
+        None if required => Err(format!(
+            "missing field {key:?}{}",
+            hints::found_instead(obj, key)
+        )),
         None => Ok(String::new()),
     }
 }
@@ -103,13 +114,17 @@ pub fn parse_line(raw: &RawLine) -> Result<Sample, SampleError> {
             format!("expected a JSON object, found {}", kind(&value)),
         ));
     };
-    let id = match obj.get("id") {
-        Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null)) => v.clone(),
-        _ => fallback,
+    let (id, id_given) = match obj.get("id") {
+        Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null)) => {
+            (v.clone(), true)
+        }
+        _ => (fallback, false),
     };
+    let mut warnings = Vec::new();
     let shape = if obj.contains_key("messages") {
         longalign(&obj)
     } else if obj.contains_key("output") || obj.contains_key("input") {
+        warnings = hints::typo_warnings(&obj, hints::SHAPES[1].1);
         (|| {
             Ok((
                 text_field(&obj, "input", false)?,
@@ -118,6 +133,7 @@ pub fn parse_line(raw: &RawLine) -> Result<Sample, SampleError> {
             ))
         })()
     } else if obj.contains_key("response") || obj.contains_key("context") {
+        warnings = hints::typo_warnings(&obj, hints::SHAPES[2].1);
         (|| {
             Ok((
                 text_field(&obj, "context", true)?,
@@ -126,11 +142,20 @@ pub fn parse_line(raw: &RawLine) -> Result<Sample, SampleError> {
             ))
         })()
     } else {
-        Err(
+        let known: Vec<&str> = hints::SHAPES
+            .iter()
+            .flat_map(|s| s.1.iter().copied())
+            .collect();
+        let guess: String = obj
+            .keys()
+            .find_map(|k| {
+                hints::nearest(k, &known).map(|f| format!(" (did you mean {f:?} for {k:?}?)"))
+            })
+            .unwrap_or_default();
+        Err(format!(
             "no usable shape: expected \"messages\" (LongAlign), \"instruction\"/\"input\"/\
-             \"output\" (Alpaca) or \"context\"/\"instruction\"/\"response\""
-                .to_string(),
-        )
+             \"output\" (Alpaca) or \"context\"/\"instruction\"/\"response\"{guess}"
+        ))
     };
     let (context, instruction, response) = shape.map_err(|r| bad(id.clone(), r))?;
     if response.is_empty() {
@@ -141,11 +166,14 @@ pub fn parse_line(raw: &RawLine) -> Result<Sample, SampleError> {
         .find_map(|k| obj.get(*k).and_then(|v| v.as_str()).map(str::to_string));
     Ok(Sample {
         id,
+        id_given,
         line,
         context,
         instruction,
         response,
         source,
+        warnings,
+        line_hash: raw.hash(),
     })
 }
 
@@ -157,6 +185,7 @@ mod tests {
         RawLine {
             number: 7,
             bytes: s.as_bytes().to_vec(),
+            offset: 0,
         }
     }
 
@@ -216,6 +245,7 @@ mod tests {
         let r = parse_line(&RawLine {
             number: 0,
             bytes: b"{\"a\":\"\xff\"}".to_vec(),
+            offset: 0,
         });
         assert_eq!(r.unwrap_err().reason, "invalid UTF-8 at byte 6");
     }

@@ -166,6 +166,28 @@ pub fn describe_model(spec: &ModelSpec) -> Result<(ModelConfig, Tokenizer)> {
     }
 }
 
+/// Every file a model is read from: a GGUF file, or config, tokenizer files (and a chat
+/// template beside them) and weights; what its fingerprint hashes.
+pub fn model_files(spec: &ModelSpec) -> Result<Vec<PathBuf>> {
+    Ok(match locate(spec)? {
+        Located::Gguf(p) => vec![p],
+        Located::Hf(f) => {
+            let mut files = vec![f.config.clone()];
+            if let Some(dir) = f.config.parent() {
+                for extra in ["tokenizer_config.json", "chat_template.jinja"] {
+                    let p = dir.join(extra);
+                    if p.is_file() {
+                        files.push(p);
+                    }
+                }
+            }
+            files.extend(f.tokenizer);
+            files.extend(f.weights);
+            files
+        }
+    })
+}
+
 /// Free device memory in bytes (None on the CPU).
 #[cfg(feature = "cuda")]
 pub fn free_memory(device: &Device) -> Option<u64> {
