@@ -166,7 +166,7 @@ fn each_method_ranks_by_its_own_numbers() {
 }
 
 /// Width, height and every RGB pixel of a PNG.
-fn png_pixels(path: &Path) -> (u32, u32, Vec<[u8; 3]>) {
+pub fn png_pixels(path: &Path) -> (u32, u32, Vec<[u8; 3]>) {
     let dec = png::Decoder::new(std::fs::File::open(path).unwrap());
     let mut r = dec.read_info().unwrap();
     let mut buf = vec![0; r.output_buffer_size()];

@@ -9,6 +9,7 @@ mod packing;
 mod reports;
 mod score_cli;
 mod select_cli;
+mod selection_quality;
 mod smollm2;
 mod spec_ref;
 mod trust;
