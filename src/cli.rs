@@ -445,6 +445,14 @@ pub struct InspectArgs {
     /// Print the sample's numbers as one JSON object instead of the terminal view.
     #[arg(long)]
     pub json: bool,
+    /// The scoring model (as in `score`): its tokenizer cuts the context into the
+    /// segments, so their text can be shown [default: the config's long_model; without
+    /// one, segments are shown by number only].
+    #[arg(long, value_name = "MODEL")]
+    pub long_model: Option<String>,
+    /// tokenizer.json overriding the model's own.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -21,6 +21,16 @@ pub struct Segment {
     pub is: f64,
     /// seg_attn normalized the same way.
     pub att: f64,
+    /// median(ln seg_ppl) - ln seg_ppl: how much this segment lowers the response's
+    /// perplexity against a typical segment (high = important; the recipes' gain).
+    #[serde(default)]
+    pub importance: f64,
+    /// Whether the segment lies wholly before what model A reads (None: not recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub far: Option<bool>,
+    /// The segment's text (with a tokenizer: `--long-model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// Everything `inspect` shows, as printed by `--json`.
@@ -43,6 +53,10 @@ pub struct View {
     pub ppl_long: Option<f64>,
     pub n_tokens: Option<usize>,
     pub n_ctx: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
     pub segments: Vec<Segment>,
 }
 
@@ -51,19 +65,35 @@ pub struct InspectSettings {
     pub id: String,
     pub out: Option<PathBuf>,
     pub json: bool,
+    /// The tokenizer's model, the template and max_len: how segments map to text.
+    pub model: Option<crate::model::ModelSpec>,
+    pub template: crate::template::Template,
+    pub max_len: Option<usize>,
 }
 
 impl InspectSettings {
     pub fn resolve(a: &InspectArgs) -> Result<Self> {
-        let (rank, _) = RankSettings::resolve(&a.rank, &a.common)?;
+        let (rank, c) = RankSettings::resolve(&a.rank, &a.common)?;
         if let Some(o) = &a.out {
             rank.check_output(o, "--out")?;
         }
+        let model = a
+            .long_model
+            .clone()
+            .or(c.long_model)
+            .map(|location| crate::model::ModelSpec {
+                location,
+                tokenizer: a.tokenizer.clone().or(c.tokenizer.clone()),
+                rope_theta: None,
+            });
         Ok(Self {
             rank,
             id: a.id.clone(),
             out: a.out.clone(),
             json: a.json,
+            model,
+            template: c.template.unwrap_or_default(),
+            max_len: c.max_len,
         })
     }
 }
@@ -88,6 +118,14 @@ pub fn view(s: &RankSettings, a: &Analysis, r: &ScoreRecord) -> View {
         cam_norm(&seg_ppl, s.cam_norm),
         cam_norm(&seg_attn, s.cam_norm),
     );
+    let mut logs: Vec<f64> = seg_ppl.iter().map(|p| p.ln()).collect();
+    logs.sort_by(f64::total_cmp);
+    let median = match logs.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => logs[n / 2],
+        n => (logs[n / 2 - 1] + logs[n / 2]) / 2.0,
+    };
+    let far = crate::analysis::seg_far(r);
     View {
         id: r.id.clone(),
         line: r.line,
@@ -111,9 +149,46 @@ pub fn view(s: &RankSettings, a: &Analysis, r: &ScoreRecord) -> View {
                 seg_attn: seg_attn[i],
                 is: is[i],
                 att: att[i],
+                importance: median - seg_ppl[i].ln(),
+                far: far.as_ref().and_then(|f| f.get(i).copied()),
+                text: None,
             })
             .collect(),
+        instruction: None,
+        response: None,
     }
+}
+
+/// Fills in the instruction, the response and (with a tokenizer) each segment's text.
+fn add_text(s: &InspectSettings, r: &ScoreRecord, v: &mut View) -> Result<()> {
+    let Some(raw) = crate::data::LineReader::open(&s.rank.data)?
+        .filter_map(|l| l.ok())
+        .find(|l| l.number == v.line)
+    else {
+        return Ok(());
+    };
+    let Ok(sample) = crate::data::parse_line(&raw) else {
+        return Ok(());
+    };
+    v.instruction = Some(sample.instruction.clone());
+    v.response = Some(sample.response.clone());
+    let Some(spec) = &s.model else {
+        return Ok(());
+    };
+    let (cfg, tok) = crate::model::describe_model(spec)?;
+    let max_len = s.max_len.unwrap_or(usize::MAX);
+    let Ok(t) = crate::template::tokenize(&tok, &s.template, &sample, cfg.bos_token_id, max_len)?
+    else {
+        return Ok(());
+    };
+    if let (Some(starts), Some(len)) = (&r.seg_start, r.seg_len) {
+        for (seg, &st) in v.segments.iter_mut().zip(starts) {
+            if let Some(ids) = t.ctx.get(st..st + len) {
+                seg.text = tok.decode(ids, false).ok();
+            }
+        }
+    }
+    Ok(())
 }
 
 const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
@@ -173,25 +248,56 @@ pub fn text(v: &View) -> String {
         out += "  no segments (no context, or shorter than one segment)\n";
         return out;
     }
-    let is: Vec<f64> = v.segments.iter().map(|s| s.is).collect();
-    let att: Vec<f64> = v.segments.iter().map(|s| s.att).collect();
+    let imp: Vec<f64> = v.segments.iter().map(|s| s.importance).collect();
+    // Raw attention shares: the softmax of the paper's ATT is flat to within 1e-3.
+    let att: Vec<f64> = v.segments.iter().map(|s| s.seg_attn).collect();
+    let total: f64 = att.iter().sum::<f64>().max(f64::MIN_POSITIVE);
     out += &format!(
         "  {} segments, context order left to right (each row scaled to its own min..max)\n",
         v.segments.len()
     );
-    out += &format!("  IS  {}\n", sparkline(&is, 80));
-    out += &format!("  ATT {}\n", sparkline(&att, 80));
-    let mut by_att: Vec<&Segment> = v.segments.iter().collect();
-    by_att.sort_by(|a, b| b.att.total_cmp(&a.att).then(a.index.cmp(&b.index)));
-    out += "  most attended segments: ";
-    out += &by_att
-        .iter()
-        .take(5)
-        .map(|s| format!("#{} (ATT {:.4}, IS {:.4})", s.index, s.att, s.is))
-        .collect::<Vec<_>>()
-        .join(", ");
-    out += "\n";
+    out += &format!("  importance {}\n", sparkline(&imp, 80));
+    out += &format!("  attention  {}\n", sparkline(&att, 80));
+    if let Some(x) = &v.instruction {
+        out += &format!("  instruction: {}\n", clip(x, 200));
+    }
+    if let Some(y) = &v.response {
+        out += &format!("  response: {}\n", clip(y, 200));
+    }
+    let list = |out: &mut String, title: &str, key: &dyn Fn(&Segment) -> f64| {
+        let mut by: Vec<&Segment> = v.segments.iter().collect();
+        by.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.index.cmp(&b.index)));
+        *out += &format!("  {title}:\n");
+        for s in by.iter().take(3) {
+            let place = match s.far {
+                Some(true) => ", beyond model A",
+                Some(false) => ", seen by model A",
+                None => "",
+            };
+            *out += &format!(
+                "    #{} (importance {:.3}, attention share {:.4}{place}){}\n",
+                s.index,
+                s.importance,
+                s.seg_attn / total,
+                s.text
+                    .as_ref()
+                    .map_or(String::new(), |t| format!(": {}", clip(t, 160)))
+            );
+        }
+    };
+    list(&mut out, "most important segments", &|s| s.importance);
+    list(&mut out, "most attended segments", &|s| s.seg_attn);
     out
+}
+
+/// One line of at most `n` characters.
+fn clip(t: &str, n: usize) -> String {
+    let flat: String = t.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= n {
+        flat
+    } else {
+        flat.chars().take(n).collect::<String>() + "..."
+    }
 }
 
 pub fn run(s: InspectSettings) -> Result<ExitCode> {
@@ -211,12 +317,13 @@ pub fn run(s: InspectSettings) -> Result<ExitCode> {
                 .join(", ")
         );
     };
-    let v = view(&s.rank, &a, r);
+    let mut v = view(&s.rank, &a, r);
+    add_text(&s, r, &mut v)?;
     if s.json {
         println!("{}", serde_json::to_string(&v)?);
     } else if let Some(path) = &s.out {
         let title = format!(
-            "id {} (line {}): rank {} of {}, score {}, HMP {}, CAS {}",
+            "id {} (line {}): rank {} of {}, score {}, HMG term {}, CAM term {}",
             v.id,
             v.line,
             v.rank.map_or("-".into(), |r| r.to_string()),
@@ -225,9 +332,9 @@ pub fn run(s: InspectSettings) -> Result<ExitCode> {
             num(v.hmp),
             num(v.cas)
         );
-        let is: Vec<f64> = v.segments.iter().map(|s| s.is).collect();
-        let att: Vec<f64> = v.segments.iter().map(|s| s.att).collect();
-        crate::plots::segments(path, &title, &is, &att)?;
+        let imp: Vec<f64> = v.segments.iter().map(|s| s.importance).collect();
+        let att: Vec<f64> = v.segments.iter().map(|s| s.seg_attn).collect();
+        crate::plots::segments(path, &title, &imp, &att)?;
         if !s.rank.quiet {
             eprintln!("gateau inspect: wrote {}", path.display());
         }

@@ -255,8 +255,14 @@ pub fn draw_all(dir: &Path, pts: &[SampleRow], s: &Summary) -> Result<Vec<PlotFi
     Ok(out)
 }
 
-/// One sample's segments: IS and ATT as grouped bars along the context.
-pub fn segments(path: &Path, title: &str, is: &[f64], att: &[f64]) -> Result<()> {
+/// One sample's segments: importance (median ln seg_ppl - ln seg_ppl, clipped at 0; high =
+/// important) and ATT as grouped bars along the context, each scaled to its own maximum.
+pub fn segments(path: &Path, title: &str, importance: &[f64], att: &[f64]) -> Result<()> {
+    let scaled = |v: &[f64]| {
+        let top = v.iter().copied().fold(0.0f64, f64::max).max(1e-12);
+        v.iter().map(|x| x.max(0.0) / top).collect::<Vec<f64>>()
+    };
+    let (is, att) = (&scaled(importance)[..], &scaled(att)[..]);
     let root = canvas(path)?;
     let e = err(path);
     let n = is.len().max(1);
@@ -280,7 +286,7 @@ pub fn segments(path: &Path, title: &str, is: &[f64], att: &[f64]) -> Result<()>
         .axis_desc_style(("sans-serif", 18))
         .label_style(("sans-serif", 14))
         .x_desc("segment (context order)")
-        .y_desc("share")
+        .y_desc("share of the sample's maximum")
         .draw()
         .map_err(&e)?;
     // Two bars per segment: IS on the left half, ATT on the right.
@@ -289,7 +295,7 @@ pub fn segments(path: &Path, title: &str, is: &[f64], att: &[f64]) -> Result<()>
             is,
             0.05,
             REJECTED,
-            "IS (segment importance; high = less important)",
+            "importance (how much the segment lowers the response's perplexity)",
         ),
         (att, 0.5, SELECTED, "ATT (attention share)"),
     ];

@@ -63,7 +63,7 @@ pub struct ScorerResult {
     pub rho_tokens: f64,
     pub rho_segments: f64,
     /// The same figures within each length band ("<2048", "2048-4095", ">=4096").
-    pub bands: BTreeMap<String, Figures>,
+    pub bands: Vec<(String, Figures)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -270,15 +270,21 @@ pub fn evaluate(
     let lens: Vec<f64> = n_tokens.iter().map(|&n| n as f64).collect();
     let segs: Vec<f64> = c.iter().map(|x| x.seg_ppl.len() as f64).collect();
     let labels_ref: Vec<&str> = labels.iter().map(String::as_str).collect();
-    let mut band_of: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    // Bands in length order, each with its samples.
+    let mut band_of: BTreeMap<usize, (String, Vec<usize>)> = BTreeMap::new();
     for (i, &n) in n_tokens.iter().enumerate() {
-        band_of.entry(band_name(n, &s.bands)).or_default().push(i);
+        let b = s.bands.partition_point(|&e| e <= n);
+        band_of
+            .entry(b)
+            .or_insert_with(|| (band_name(n, &s.bands), Vec::new()))
+            .1
+            .push(i);
     }
     let results = scorers(c, &s.rank)
         .into_iter()
         .map(|sc| {
             let bands = band_of
-                .iter()
+                .values()
                 .map(|(name, idx)| {
                     let pick = |v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
                     let l: Vec<u64> = idx.iter().map(|&i| lines[i]).collect();
