@@ -175,7 +175,16 @@ fn add_text(s: &InspectSettings, r: &ScoreRecord, v: &mut View) -> Result<()> {
     let Some(spec) = &s.model else {
         return Ok(());
     };
-    let (cfg, tok) = crate::model::describe_model(spec)?;
+    // The text is a convenience: a tokenizer that cannot be had leaves it out.
+    let (cfg, tok) = match crate::model::describe_model(spec) {
+        Ok(m) => m,
+        Err(e) => {
+            if !s.rank.quiet {
+                eprintln!("gateau inspect: no segment text ({e:#}); pass --long-model");
+            }
+            return Ok(());
+        }
+    };
     let max_len = s.max_len.unwrap_or(usize::MAX);
     let Ok(t) = crate::template::tokenize(&tok, &s.template, &sample, cfg.bos_token_id, max_len)?
     else {
