@@ -15,6 +15,7 @@ use crate::rank::terms::{self, spearman, CamTerm, HmgTerm, Inputs};
 use crate::settings::RankSettings;
 use anyhow::{bail, Context, Result};
 use metrics::{auroc, order, precision_at};
+use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -280,8 +281,9 @@ pub fn evaluate(
             .1
             .push(i);
     }
+    // Scorers are independent: one per core.
     let results = scorers(c, &s.rank)
-        .into_iter()
+        .into_par_iter()
         .map(|sc| {
             let bands = band_of
                 .values()
