@@ -14,7 +14,7 @@ data=examples/longalign-mini.jsonl
   --data "$data" --out "$out/scores.jsonl" --overwrite
 ./target/release/gateau select --config configs/smollm2.json --data "$data" \
   --scores "$out/scores.jsonl" --out "$out/selected.jsonl" --report "$out/report.json" \
-  --report-dir "$out/report"
+  --report-dir "$out/report" --overwrite
 ./target/release/gateau compare --config configs/smollm2.json --data "$data" \
   --scores "$out/scores.jsonl" --quiet
 echo
