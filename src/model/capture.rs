@@ -240,7 +240,7 @@ mod cuda {
         d: Dims,
     ) -> Result<CudaStorage> {
         // The kernels read 16-byte vectors: every row must start on a 16-byte boundary.
-        if q0 % 8 != 0 || k0 % 8 != 0 || d.hd % 8 != 0 {
+        if !q0.is_multiple_of(8) || !k0.is_multiple_of(8) || !d.hd.is_multiple_of(8) {
             bail!("capture: operands not 16-byte aligned (offsets {q0}, {k0})");
         }
         let dev = q.device().clone();
