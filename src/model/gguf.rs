@@ -118,6 +118,11 @@ impl GgufFile {
             max_position_embeddings: self.usize_key("llama.context_length")?,
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             bos_token_id: self.u32_of("tokenizer.ggml.bos_token_id")?,
+            family: super::config::Family::Llama,
+            qkv_bias: false,
+            o_bias: false,
+            qk_norm: false,
+            sliding_window: None,
         };
         cfg.validate()
             .with_context(|| format!("{p}: invalid model shape"))?;
