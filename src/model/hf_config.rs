@@ -175,7 +175,7 @@ fn rope(raw: &RawConfig) -> Result<(f64, Option<RopeScaling>)> {
     let kind = rope_type(&m).unwrap_or("default");
     let positive = |field: &str| -> Result<f64> {
         let v = need(&m, key, field, kind)?;
-        if !(v > 0.0) {
+        if v.is_nan() || v <= 0.0 {
             bail!("{key}.{field} must be positive, got {v}");
         }
         Ok(v)
