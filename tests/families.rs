@@ -114,16 +114,15 @@ fn compare(name: &str, got: &[ScoreRecord], want: &[Value]) -> (f64, f64, f64) {
     (ppl, attn, cas)
 }
 
-/// Ignored: our tokenizer (the `tokenizers` crate on the folder's tokenizer.json) gives
-/// other token counts than the reference records (qwen2 line 0: 810 vs 820 tokens, n_resp
-/// 61 vs 64), so the records cannot be compared number by number; the forward pass itself
-/// matches the f64 reference of every family (below). Run with `--ignored` to see it.
+/// Every folder but qwen2: its reference.jsonl disagrees on token counts with every other
+/// folder's on the same data and tokenizer (line 0: 820 tokens, n_resp 64, against 810/61
+/// in qwen3's, which has no BOS either), so it was made from other inputs; qwen2's forward
+/// pass is checked against the f64 reference below instead.
 #[test]
-#[ignore = "reference records were tokenized differently (n_tokens differ)"]
 fn every_family_matches_the_transformers_reference_through_the_binary() {
     let data = families().join("data.jsonl");
     let mut failures = Vec::new();
-    for name in FAMILIES {
+    for name in FAMILIES.into_iter().filter(|&n| n != "qwen2") {
         let folder = families().join(name);
         let got = score_folder(&folder, &data, &[]);
         let want: Vec<Value> = read_jsonl(&folder.join("reference.jsonl"));
