@@ -417,3 +417,63 @@ fn max_len_beyond_the_trained_context_warns_and_strict_refuses() {
         "{err}"
     );
 }
+
+#[test]
+fn sharegpt_lines_score_as_their_messages_with_later_turns_reported() {
+    let dir = tmp();
+    let first = std::fs::read_to_string(families().join("data.jsonl")).unwrap();
+    let line: Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    let (u, a) = (
+        &line["messages"][0]["content"],
+        &line["messages"][1]["content"],
+    );
+    let share = serde_json::json!({"id": "g", "conversations": [
+        {"from": "system", "value": "Answer from the document."},
+        {"from": "human", "value": u}, {"from": "gpt", "value": a},
+        {"from": "human", "value": "And then?"}, {"from": "gpt", "value": "Nothing."}]});
+    let unknown = serde_json::json!({"conversations": [
+        {"from": "human", "value": u}, {"from": "tool", "value": "x"}, {"from": "gpt", "value": a}]});
+    let data = dir.path().join("d.jsonl");
+    let text = format!("{}\n{share}\n{unknown}\n{{\"prompt\":\"p\"}}\n", line);
+    std::fs::write(&data, text).unwrap();
+    let out = dir.path().join("s.jsonl");
+    let mut args = score_args(&families().join("qwen3"), &data, &out);
+    args.retain(|a| a != "--quiet");
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Bad lines make the exit status say so; the records are what is checked.
+    let o = run(&a);
+    let recs: Vec<ScoreRecord> = read_jsonl(&out);
+    assert_eq!(recs.len(), 4, "{}", stderr(&o));
+    assert_eq!(recs[1].status, Status::Ok);
+    assert_eq!(
+        (recs[1].ppl_long, &recs[1].seg_ppl),
+        (recs[0].ppl_long, &recs[0].seg_ppl)
+    );
+    assert!(
+        recs[1]
+            .warnings
+            .contains(&"2 later turns not scored".to_string()),
+        "{:?}",
+        recs[1].warnings
+    );
+    assert_eq!(recs[2].status, Status::Bad);
+    assert_eq!(
+        recs[2].error.as_deref(),
+        Some("unknown role tool (conversations[1].from)")
+    );
+    assert_eq!(recs[3].status, Status::Bad);
+    assert!(
+        recs[3]
+            .error
+            .as_deref()
+            .unwrap()
+            .ends_with("keys found: \"prompt\""),
+        "{:?}",
+        recs[3].error
+    );
+    assert!(
+        stderr(&o).contains("2 later turns not scored"),
+        "{}",
+        stderr(&o)
+    );
+}
