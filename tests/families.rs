@@ -479,8 +479,15 @@ fn sharegpt_lines_score_as_their_messages_with_later_turns_reported() {
 }
 
 /// A GGUF (f32 tensors, `{arch}.*` metadata, no tokenizer: the folder's is passed) written
-/// from a fixture folder as llama.cpp's converter lays out Qwen models (no Q/K permutation).
-fn write_qwen_gguf(folder: &Path, arch: &str, path: &Path) {
+/// from a fixture folder as llama.cpp's converter lays it out: Q/K rows permuted for
+/// `llama` only, RoPE scaling in `{arch}.rope.scaling.*`.
+fn write_gguf(
+    folder: &Path,
+    arch: &str,
+    path: &Path,
+    theta: f32,
+    scaling: Option<(&str, f32, u32)>,
+) {
     use candle_core::quantized::gguf_file::{self, Value as G};
     use candle_core::quantized::{GgmlDType, QTensor};
     let c = config(folder);
@@ -494,10 +501,26 @@ fn write_qwen_gguf(folder: &Path, arch: &str, path: &Path) {
         (key("attention.head_count"), u("num_attention_heads")),
         (key("attention.head_count_kv"), u("num_key_value_heads")),
         (key("attention.key_length"), u("head_dim")),
-        (key("rope.freq_base"), G::F32(1e6)),
+        (key("rope.freq_base"), G::F32(theta)),
         (key("attention.layer_norm_rms_epsilon"), G::F32(1e-6)),
         (key("context_length"), u("max_position_embeddings")),
     ];
+    let mut meta = meta;
+    if let Some((kind, factor, original)) = scaling {
+        meta.push((key("rope.scaling.type"), G::String(kind.into())));
+        meta.push((key("rope.scaling.factor"), G::F32(factor)));
+        meta.push((
+            key("rope.scaling.original_context_length"),
+            G::U32(original),
+        ));
+    }
+    if c["bos_token_id"].is_u64() {
+        meta.push(("tokenizer.ggml.bos_token_id".into(), u("bos_token_id")));
+    }
+    let heads = |n: &str| match n.contains("q_proj") {
+        true => c["num_attention_heads"].as_u64().unwrap() as usize,
+        false => c["num_key_value_heads"].as_u64().unwrap() as usize,
+    };
     let hf =
         candle_core::safetensors::load(folder.join("model.safetensors"), &Device::Cpu).unwrap();
     let gguf_name = |n: &str| -> String {
@@ -528,7 +551,13 @@ fn write_qwen_gguf(folder: &Path, arch: &str, path: &Path) {
     };
     let q: Vec<(String, QTensor)> = hf
         .iter()
-        .map(|(n, t)| (gguf_name(n), QTensor::quantize(t, GgmlDType::F32).unwrap()))
+        .map(|(n, t)| {
+            let t = match arch == "llama" && (n.contains("q_proj") || n.contains("k_proj")) {
+                true => gateau::model::gguf::permute(t, heads(n)).unwrap(),
+                false => t.clone(),
+            };
+            (gguf_name(n), QTensor::quantize(&t, GgmlDType::F32).unwrap())
+        })
         .collect();
     let meta_refs: Vec<(&str, &G)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let q_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -537,13 +566,20 @@ fn write_qwen_gguf(folder: &Path, arch: &str, path: &Path) {
 }
 
 #[test]
-fn qwen_gguf_files_score_as_their_hf_folders() {
+fn gguf_files_score_as_their_hf_folders() {
     let data = families().join("data.jsonl");
-    for (name, arch) in [("qwen2", "qwen2"), ("qwen3", "qwen3")] {
+    type Scaling = Option<(&'static str, f32, u32)>;
+    let cases: [(&str, &str, f32, Scaling); 4] = [
+        ("qwen2", "qwen2", 1e6, None),
+        ("qwen3", "qwen3", 1e6, None),
+        ("llama-linear", "llama", 1e4, Some(("linear", 4.0, 1024))),
+        ("llama-yarn", "llama", 1e4, Some(("yarn", 4.0, 256))),
+    ];
+    for (name, arch, theta, scaling) in cases {
         let dir = tmp();
         let folder = families().join(name);
         let gguf = dir.path().join(format!("{name}.gguf"));
-        write_qwen_gguf(&folder, arch, &gguf);
+        write_gguf(&folder, arch, &gguf, theta, scaling);
         let tok = folder.join("tokenizer.json");
         let a = score_folder(&folder, &data, &[]);
         let b = score_folder(&gguf, &data, &["--tokenizer", p(&tok)]);
