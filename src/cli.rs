@@ -209,7 +209,8 @@ pub struct CommonArgs {
     /// Built-in defaults are the paper's settings (configs/paper.json); flags win.
     #[arg(long, value_name = "FILE", env = "GATEAU_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Make the first bad or skipped sample a fatal error (exit 1).
+    /// Make the first bad or skipped sample a fatal error (exit 1), and with `score` a
+    /// `--max-len` beyond the long model's trained context.
     #[arg(long)]
     pub strict: bool,
     /// Most bad or skipped samples (and, in `select`, missing or duplicate ones) a finished

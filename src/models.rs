@@ -3,7 +3,7 @@
 //! segment batch budget for that device. Also the one-or-two-phase decision.
 
 use crate::memory::{self, Phases};
-use crate::model::{self, LoadedModel, ModelSpec};
+use crate::model::{self, LoadedModel, ModelConfig, ModelSpec};
 use crate::passes::ShortModel;
 use crate::settings::{ScoreSettings, ShortSpec};
 use crate::short_pass::ShortResult;
@@ -155,4 +155,52 @@ pub fn two_phase(s: &ScoreSettings, device: &Device, dtype: DType) -> Result<boo
             Ok(true)
         }
     }
+}
+
+/// The long model's context for the settings line, e.g. "qwen2, trained context 32768
+/// tokens (max_position_embeddings 32768, RoPE yarn x4)".
+pub fn context_phrase(cfg: &ModelConfig) -> String {
+    let rope = match &cfg.rope_scaling {
+        None => "default".to_string(),
+        Some(r) => format!("{} x{}", r.name(), r.factor()),
+    };
+    format!(
+        "{}, trained context {} tokens (max_position_embeddings {}, RoPE {rope})",
+        cfg.family.name(),
+        cfg.context_length(),
+        cfg.max_position_embeddings
+    )
+}
+
+/// `--max-len` against the long model: a sliding window shorter than it is an error (the
+/// attention it needs is not implemented); beyond the trained context a warning, returned
+/// for the caller to print, or an error with `--strict`.
+pub fn check_context(s: &ScoreSettings, cfg: &ModelConfig) -> Result<Option<String>> {
+    if let Some(w) = cfg.sliding_window {
+        if w < s.max_len {
+            bail!(
+                "--max-len {} exceeds the sliding window of {w} tokens of --long-model {} \
+                 (config.json sliding_window): gateau computes full attention only; pass \
+                 --max-len {w} or less",
+                s.max_len,
+                s.long_model
+            );
+        }
+    }
+    let context = cfg.context_length();
+    if s.max_len <= context {
+        return Ok(None);
+    }
+    let msg = format!(
+        "--max-len {} exceeds the trained context of --long-model {} ({}): perplexities past \
+         {context} tokens come from positions the model never saw; pass --max-len {context} \
+         or less",
+        s.max_len,
+        s.long_model,
+        context_phrase(cfg)
+    );
+    if s.strict {
+        bail!("{msg} (--strict)");
+    }
+    Ok(Some(msg))
 }

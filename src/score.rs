@@ -108,11 +108,20 @@ pub fn run(mut s: ScoreSettings) -> Result<ExitCode> {
     let dtype = crate::settings::resolve_dtype(s.dtype, &device);
     model::configure_matmul(dtype);
     let attention = model::kernel::configure(s.attention)?;
+    let long_cfg = model::model_config(&s.long_spec())?;
+    let context_warning = crate::models::check_context(&s, &long_cfg)?;
     if !s.quiet {
         if let Some(h) = hint {
             eprintln!("gateau: {h}");
         }
-        eprintln!("gateau score: settings {}", describe(&s));
+        eprintln!(
+            "gateau score: settings {}; long model {}",
+            describe(&s),
+            crate::models::context_phrase(&long_cfg)
+        );
+        if let Some(w) = context_warning {
+            eprintln!("gateau score: warning: {w}");
+        }
         // The kernel choice only steers CUDA passes; on the CPU it would be noise.
         let attention = match device.is_cuda() {
             true => format!(", attention {attention}"),
@@ -383,6 +392,11 @@ fn record_of(
     r.warnings = sample.warnings.clone();
     r.warnings
         .extend(warnings(t, sc.seg_ppl.len(), s.segment_len));
+    if sample.later_turns > 0 {
+        // Spec section 1's wording, whatever the count.
+        r.warnings
+            .push(format!("{} later turns not scored", sample.later_turns));
+    }
     r.source = sample.source.clone();
     r.n_tokens = Some(t.len());
     r.n_ctx = Some(t.ctx.len());

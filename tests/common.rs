@@ -1,7 +1,8 @@
 //! Shared test helpers: tiny random LLaMA models written as HF folders, a byte-level
 //! tokenizer (token id = byte value, so tests can tokenize without the tokenizers crate),
-//! a plain-loop f64 reference forward pass, and a runner for the binary.
+//! their plain-loop f64 reference forward pass (crate::naive), and a runner for the binary.
 
+pub use crate::naive::{Naive, RefModel, RefRope, Weights};
 use candle_core::{Device, Tensor};
 use serde_json::json;
 use std::collections::HashMap;
@@ -201,10 +202,6 @@ impl Tiny {
         let index = json!({"metadata": {}, "weight_map": map});
         std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
     }
-
-    fn m(&self, name: &str) -> &Vec<f32> {
-        &self.w[name].0
-    }
 }
 
 /// GPT-2's byte -> printable char table.
@@ -259,167 +256,22 @@ pub fn bytes(s: &str) -> Vec<u32> {
     s.bytes().map(u32::from).collect()
 }
 
-/// Logits and attention probabilities of the reference forward pass.
-pub struct Naive {
-    /// [T][V]
-    pub logits: Vec<Vec<f64>>,
-    /// [layer][head][query][key] (0 above the diagonal)
-    pub probs: Vec<Vec<Vec<Vec<f64>>>>,
-}
-
-fn rms(x: &[f64], w: &[f32], eps: f64) -> Vec<f64> {
-    let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
-    let r = 1.0 / (ms + eps).sqrt();
-    x.iter().zip(w).map(|(v, g)| v * r * *g as f64).collect()
-}
-
-fn matvec(w: &[f32], rows: usize, x: &[f64]) -> Vec<f64> {
-    let cols = x.len();
-    (0..rows)
-        .map(|r| (0..cols).map(|c| w[r * cols + c] as f64 * x[c]).sum())
-        .collect()
-}
-
 impl Tiny {
-    /// Plain loops, f64, full attention matrices: the definition, not the implementation.
+    /// The reference forward pass (crate::naive) with plain RoPE of base `rope_theta`.
     pub fn naive(&self, tokens: &[u32], rope_theta: f64) -> Naive {
-        let (d, hd, nh, nkv) = (self.hidden, self.head_dim(), self.heads, self.kv_heads);
-        let t = tokens.len();
-        let emb = self.m("model.embed_tokens.weight");
-        let mut x: Vec<Vec<f64>> = tokens
-            .iter()
-            .map(|&tok| (0..d).map(|i| emb[tok as usize * d + i] as f64).collect())
-            .collect();
-        let rope = |v: &mut [f64], pos: usize| {
-            for i in 0..hd / 2 {
-                let a = pos as f64 * rope_theta.powf(-(2.0 * i as f64) / hd as f64);
-                let (x1, x2) = (v[i], v[i + hd / 2]);
-                v[i] = x1 * a.cos() - x2 * a.sin();
-                v[i + hd / 2] = x2 * a.cos() + x1 * a.sin();
-            }
+        let model = RefModel {
+            hidden: self.hidden,
+            inter: self.inter,
+            layers: self.layers,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim(),
+            vocab: VOCAB,
+            eps: self.eps,
+            tied: self.tied,
+            w: self.w.clone(),
         };
-        let mut probs = Vec::new();
-        for l in 0..self.layers {
-            let p = format!("model.layers.{l}");
-            let h: Vec<Vec<f64>> = x
-                .iter()
-                .map(|r| rms(r, self.m(&format!("{p}.input_layernorm.weight")), self.eps))
-                .collect();
-            let proj = |name: &str, rows: usize| -> Vec<Vec<f64>> {
-                h.iter()
-                    .map(|r| matvec(self.m(&format!("{p}.self_attn.{name}.weight")), rows, r))
-                    .collect()
-            };
-            let mut q = proj("q_proj", nh * hd);
-            let mut k = proj("k_proj", nkv * hd);
-            let v = proj("v_proj", nkv * hd);
-            for pos in 0..t {
-                for hh in 0..nh {
-                    rope(&mut q[pos][hh * hd..(hh + 1) * hd], pos);
-                }
-                for hh in 0..nkv {
-                    rope(&mut k[pos][hh * hd..(hh + 1) * hd], pos);
-                }
-            }
-            let mut out = vec![vec![0.0; nh * hd]; t];
-            let mut lp = vec![vec![vec![0.0; t]; t]; nh];
-            for hh in 0..nh {
-                let kh = hh / (nh / nkv);
-                for i in 0..t {
-                    let s: Vec<f64> = (0..=i)
-                        .map(|j| {
-                            (0..hd)
-                                .map(|e| q[i][hh * hd + e] * k[j][kh * hd + e])
-                                .sum::<f64>()
-                                / (hd as f64).sqrt()
-                        })
-                        .collect();
-                    let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
-                    for j in 0..=i {
-                        let pj = (s[j] - m).exp() / z;
-                        lp[hh][i][j] = pj;
-                        for e in 0..hd {
-                            out[i][hh * hd + e] += pj * v[j][kh * hd + e];
-                        }
-                    }
-                }
-            }
-            probs.push(lp);
-            for i in 0..t {
-                let o = matvec(self.m(&format!("{p}.self_attn.o_proj.weight")), d, &out[i]);
-                for e in 0..d {
-                    x[i][e] += o[e];
-                }
-                let h2 = rms(
-                    &x[i],
-                    self.m(&format!("{p}.post_attention_layernorm.weight")),
-                    self.eps,
-                );
-                let g = matvec(
-                    self.m(&format!("{p}.mlp.gate_proj.weight")),
-                    self.inter,
-                    &h2,
-                );
-                let u = matvec(self.m(&format!("{p}.mlp.up_proj.weight")), self.inter, &h2);
-                let act: Vec<f64> = g
-                    .iter()
-                    .zip(&u)
-                    .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
-                    .collect();
-                let dn = matvec(self.m(&format!("{p}.mlp.down_proj.weight")), d, &act);
-                for e in 0..d {
-                    x[i][e] += dn[e];
-                }
-            }
-        }
-        let head = if self.tied {
-            self.m("model.embed_tokens.weight")
-        } else {
-            self.m("lm_head.weight")
-        };
-        let logits = x
-            .iter()
-            .map(|r| matvec(head, VOCAB, &rms(r, self.m("model.norm.weight"), self.eps)))
-            .collect();
-        Naive { logits, probs }
-    }
-}
-
-impl Naive {
-    /// -log softmax(logits[p - 1])[tokens[p]] for p in from..T.
-    pub fn nll(&self, tokens: &[u32], from: usize) -> Vec<f64> {
-        (from..tokens.len())
-            .map(|p| {
-                let l = &self.logits[p - 1];
-                let m = l.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let lse = m + l.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-                lse - l[tokens[p] as usize]
-            })
-            .collect()
-    }
-
-    pub fn ppl(&self, tokens: &[u32], from: usize) -> f64 {
-        let n = self.nll(tokens, from);
-        (n.iter().sum::<f64>() / n.len() as f64).exp()
-    }
-
-    /// Mean over layers, heads and query rows from..T of the probability on each key.
-    pub fn mass(&self, from: usize) -> Vec<f64> {
-        let t = self.probs[0][0].len();
-        let mut m = vec![0.0; t];
-        let mut n = 0.0;
-        for layer in &self.probs {
-            for head in layer {
-                for row in &head[from..] {
-                    for (j, p) in row.iter().enumerate() {
-                        m[j] += p;
-                    }
-                    n += 1.0;
-                }
-            }
-        }
-        m.iter().map(|v| v / n).collect()
+        model.forward(tokens, &RefRope::plain(rope_theta, self.head_dim()))
     }
 }
 

@@ -2,9 +2,11 @@
 
 mod bench_cli;
 mod common;
+mod families;
 mod forward;
 mod gguf;
 mod hub;
+mod naive;
 mod packing;
 mod reports;
 mod score_cli;

@@ -46,6 +46,11 @@ impl Shape {
             max_position_embeddings: 131072,
             tie_word_embeddings: false,
             bos_token_id: Some(1),
+            family: crate::model::config::Family::Llama,
+            qkv_bias: false,
+            o_bias: false,
+            qk_norm: false,
+            sliding_window: None,
         }
     }
 }

@@ -13,6 +13,7 @@ pub const SHAPES: &[(&str, &[&str])] = &[
     ("LongAlign", &["messages"]),
     ("Alpaca", &["instruction", "input", "output"]),
     ("explicit", &["context", "instruction", "response"]),
+    ("ShareGPT", &["conversations"]),
 ];
 
 /// Keys a sample may carry besides its shape's.

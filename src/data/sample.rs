@@ -1,7 +1,8 @@
-//! One sample of the spec's section 1: LongAlign messages, Alpaca, or explicit fields.
+//! One sample of the spec's section 1: LongAlign messages, Alpaca, explicit fields, or
+//! ShareGPT conversations (the conversation shapes in [`super::turns`]).
 
 use super::hints;
-use super::RawLine;
+use super::{turns, RawLine};
 use serde_json::{Map, Value};
 
 /// A well-formed sample.
@@ -21,6 +22,13 @@ pub struct Sample {
     pub warnings: Vec<String>,
     /// [`RawLine::hash`] of the line.
     pub line_hash: String,
+    /// The user turn as written (conversation shapes), for chat templates; `None` for the
+    /// Alpaca and explicit shapes, whose turn is `context + "\n\n" + instruction`.
+    pub user: Option<String>,
+    /// The system turn of a conversation, for chat templates.
+    pub system: Option<String>,
+    /// Turns after the scored pair (reported, not scored).
+    pub later_turns: usize,
 }
 
 /// Why a line is not a sample, with the id when one could be read.
@@ -46,7 +54,7 @@ fn text_field(obj: &Map<String, Value>, key: &str, required: bool) -> Result<Str
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(super) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -63,33 +71,6 @@ pub fn split_user_turn(u: &str) -> (String, String) {
         Some(p) => (u[..p + 2].to_string(), u[p + 2..].to_string()),
         None => (String::new(), u.to_string()),
     }
-}
-
-fn longalign(obj: &Map<String, Value>) -> Result<(String, String, String), String> {
-    let msgs = obj
-        .get("messages")
-        .and_then(|m| m.as_array())
-        .ok_or("field \"messages\" must be an array of {role, content} objects")?;
-    let role = |m: &Value| m.get("role").and_then(|r| r.as_str()).map(str::to_string);
-    let content = |i: usize| -> Result<String, String> {
-        match msgs[i].get("content") {
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => Err(format!(
-                "messages[{i}].content must be a string, found {}",
-                kind(other)
-            )),
-            None => Err(format!("messages[{i}] has no \"content\"")),
-        }
-    };
-    let u = msgs
-        .iter()
-        .position(|m| role(m).as_deref() == Some("user"))
-        .ok_or("no user turn in \"messages\"")?;
-    let a = (u + 1..msgs.len())
-        .find(|&i| role(&msgs[i]).as_deref() == Some("assistant"))
-        .ok_or("no assistant turn after the first user turn")?;
-    let (c, x) = split_user_turn(&content(u)?);
-    Ok((c, x, content(a)?))
 }
 
 /// Parses one raw line (spec section 1).
@@ -121,8 +102,21 @@ pub fn parse_line(raw: &RawLine) -> Result<Sample, SampleError> {
         _ => (fallback, false),
     };
     let mut warnings = Vec::new();
-    let shape = if obj.contains_key("messages") {
-        longalign(&obj)
+    let conversation = if obj.contains_key("messages") {
+        Some(turns::messages(&obj))
+    } else if obj.contains_key("conversations") {
+        Some(turns::sharegpt(&obj))
+    } else {
+        None
+    };
+    let mut conv = None;
+    let shape = if let Some(c) = conversation {
+        c.map(|c| {
+            let (ctx, x) = split_user_turn(&c.user);
+            let y = c.assistant.clone();
+            conv = Some(c);
+            (ctx, x, y)
+        })
     } else if obj.contains_key("output") || obj.contains_key("input") {
         warnings = hints::typo_warnings(&obj, hints::SHAPES[1].1);
         (|| {
@@ -152,9 +146,15 @@ pub fn parse_line(raw: &RawLine) -> Result<Sample, SampleError> {
                 hints::nearest(k, &known).map(|f| format!(" (did you mean {f:?} for {k:?}?)"))
             })
             .unwrap_or_default();
+        let found: Vec<String> = obj.keys().map(|k| format!("{k:?}")).collect();
+        let found = match found.is_empty() {
+            true => "none".to_string(),
+            false => found.join(", "),
+        };
         Err(format!(
             "no usable shape: expected \"messages\" (LongAlign), \"instruction\"/\"input\"/\
-             \"output\" (Alpaca) or \"context\"/\"instruction\"/\"response\"{guess}"
+             \"output\" (Alpaca), \"context\"/\"instruction\"/\"response\" or \
+             \"conversations\" (ShareGPT); keys found: {found}{guess}"
         ))
     };
     let (context, instruction, response) = shape.map_err(|r| bad(id.clone(), r))?;
@@ -164,6 +164,10 @@ pub fn parse_line(raw: &RawLine) -> Result<Sample, SampleError> {
     let source = ["source", "dataset"]
         .iter()
         .find_map(|k| obj.get(*k).and_then(|v| v.as_str()).map(str::to_string));
+    let (user, system, later_turns) = match conv {
+        Some(c) => (Some(c.user), c.system, c.later_turns),
+        None => (None, None, 0),
+    };
     Ok(Sample {
         id,
         id_given,
@@ -174,6 +178,9 @@ pub fn parse_line(raw: &RawLine) -> Result<Sample, SampleError> {
         source,
         warnings,
         line_hash: raw.hash(),
+        user,
+        system,
+        later_turns,
     })
 }
 
@@ -199,6 +206,29 @@ mod tests {
         assert_eq!(s.instruction, "What?");
         assert_eq!(s.response, "This.");
         assert_eq!(s.id, Value::from("a"));
+    }
+
+    #[test]
+    fn sharegpt_is_the_fourth_shape() {
+        let s = parse_line(&raw(
+            r#"{"conversations":[{"from":"system","value":"sys"},{"from":"human","value":"doc\n\nWhat?"},{"from":"gpt","value":"This."},{"from":"human","value":"And?"}]}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                s.context.as_str(),
+                s.instruction.as_str(),
+                s.response.as_str()
+            ),
+            ("doc\n\n", "What?", "This.")
+        );
+        assert_eq!((s.system.as_deref(), s.later_turns), (Some("sys"), 1));
+        assert_eq!(s.user.as_deref(), Some("doc\n\nWhat?"));
+        let bad = parse_line(&raw(
+            r#"{"conversations":[{"from":"bot","value":"x"},{"from":"human","value":"q"}]}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(bad.reason, "unknown role bot (conversations[0].from)");
     }
 
     #[test]
@@ -238,6 +268,11 @@ mod tests {
             "missing field \"output\""
         );
         assert!(reason(r#"{"foo":1}"#).starts_with("no usable shape"));
+        assert!(
+            reason(r#"{"foo":1,"prompt":"p"}"#).ends_with("keys found: \"foo\", \"prompt\""),
+            "{}",
+            reason(r#"{"foo":1,"prompt":"p"}"#)
+        );
         assert_eq!(
             reason(r#"{"messages":[{"role":"user","content":"q"}]}"#),
             "no assistant turn after the first user turn"

@@ -1,21 +1,34 @@
-//! Model shape, resolved in two stages: the checkpoint's own schema (config.json as candle
-//! reads it, or GGUF `llama.*` metadata) becomes one validated [`ModelConfig`].
+//! Model shape, resolved in two stages: the checkpoint's own schema (config.json, see
+//! [`super::hf_config`], or GGUF metadata) becomes one validated [`ModelConfig`].
 
-use anyhow::{bail, Context, Result};
-use candle_transformers::models::llama::{Llama3RopeType, LlamaConfig};
+use super::rope::Rope;
+pub use super::rope::{Llama3Scaling, RopeScaling, YarnScaling};
+use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::Path;
 
-/// LLaMA-3 style frequency-dependent RoPE scaling (`rope_scaling.rope_type = "llama3"`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Llama3Scaling {
-    pub factor: f64,
-    pub low_freq_factor: f64,
-    pub high_freq_factor: f64,
-    pub original_max_position_embeddings: usize,
+/// The decoder families gateau runs through its one forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
 }
 
-/// Everything the forward pass needs to know about a LLaMA-family model.
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+        }
+    }
+}
+
+/// Everything the forward pass needs to know about a model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelConfig {
     pub hidden_size: usize,
@@ -27,10 +40,19 @@ pub struct ModelConfig {
     pub head_dim: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
-    pub rope_scaling: Option<Llama3Scaling>,
+    pub rope_scaling: Option<RopeScaling>,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     pub bos_token_id: Option<u32>,
+    pub family: Family,
+    /// Biases on the q, k and v projections (Qwen2; LLaMA/Qwen3 `attention_bias`).
+    pub qkv_bias: bool,
+    /// A bias on the output projection (LLaMA/Qwen3 `attention_bias`).
+    pub o_bias: bool,
+    /// Per-head RMSNorm of q and k before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// Attention limited to this many keys back (Mistral / Qwen `sliding_window` when in use).
+    pub sliding_window: Option<usize>,
 }
 
 impl ModelConfig {
@@ -45,7 +67,16 @@ impl ModelConfig {
             (self.num_heads * self.head_dim) as u64,
             (self.num_kv_heads * self.head_dim) as u64,
         );
-        let layer = d * q + 2 * d * kv + q * d + 3 * d * f + 2 * d;
+        let mut layer = d * q + 2 * d * kv + q * d + 3 * d * f + 2 * d;
+        if self.qkv_bias {
+            layer += q + 2 * kv;
+        }
+        if self.o_bias {
+            layer += d;
+        }
+        if self.qk_norm {
+            layer += 2 * self.head_dim as u64;
+        }
         let head = if self.tie_word_embeddings { 0 } else { v * d };
         v * d + self.num_layers as u64 * layer + d + head
     }
@@ -62,72 +93,38 @@ impl ModelConfig {
 
     /// Reads an HF `config.json`.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read model config {}", path.display()))?;
-        let raw: LlamaConfig = serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{}: not a LLaMA-family config.json (needs hidden_size, intermediate_size, \
-                 vocab_size, num_hidden_layers, num_attention_heads, rms_norm_eps, \
-                 max_position_embeddings)",
-                path.display()
-            )
-        })?;
-        // candle's schema has no architecture field: look at it ourselves so a Mistral or
-        // Qwen checkpoint is refused instead of producing wrong numbers.
-        let value: serde_json::Value = serde_json::from_str(&text)?;
-        if let Some(archs) = value.get("architectures").and_then(|a| a.as_array()) {
-            let ok = archs.iter().any(|a| a.as_str() == Some("LlamaForCausalLM"));
-            if !ok {
-                bail!(
-                    "{}: architectures = {:?}; gateau supports LlamaForCausalLM checkpoints only",
-                    path.display(),
-                    archs
-                );
+        super::hf_config::read(path)
+    }
+
+    /// The RoPE of this model.
+    pub fn rope(&self) -> Rope<'_> {
+        Rope {
+            theta: self.rope_theta,
+            head_dim: self.head_dim,
+            max_position_embeddings: self.max_position_embeddings,
+            scaling: self.rope_scaling.as_ref(),
+        }
+    }
+
+    /// The context the model was trained for: `max_position_embeddings`, times the RoPE
+    /// factor for `linear` and `dynamic` (whose configs keep the pre-scaling length there);
+    /// for `yarn` and `llama3` the larger of it and the original length times the factor
+    /// (Qwen2.5 keeps the original there, LLaMA-3.1 and DeepSeek the extended one).
+    pub fn context_length(&self) -> usize {
+        let m = self.max_position_embeddings;
+        let times = |n: usize, f: f64| (n as f64 * f).round() as usize;
+        match &self.rope_scaling {
+            None => m,
+            Some(s @ (RopeScaling::Linear { .. } | RopeScaling::Dynamic { .. })) => {
+                times(m, s.factor())
+            }
+            Some(RopeScaling::Yarn(y)) => {
+                m.max(times(y.original_max_position_embeddings, y.factor))
+            }
+            Some(RopeScaling::Llama3(l)) => {
+                m.max(times(l.original_max_position_embeddings, l.factor))
             }
         }
-        if let Some(kind) = value
-            .get("rope_scaling")
-            .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
-            .and_then(|t| t.as_str())
-        {
-            if kind != "llama3" && kind != "default" {
-                bail!(
-                    "{}: rope_scaling type {kind:?} is not supported (only \"llama3\")",
-                    path.display()
-                );
-            }
-        }
-        let head_dim = value
-            .get("head_dim")
-            .and_then(|h| h.as_u64())
-            .map(|h| h as usize)
-            .unwrap_or(raw.hidden_size / raw.num_attention_heads.max(1));
-        let cfg = Self {
-            hidden_size: raw.hidden_size,
-            intermediate_size: raw.intermediate_size,
-            vocab_size: raw.vocab_size,
-            num_layers: raw.num_hidden_layers,
-            num_heads: raw.num_attention_heads,
-            num_kv_heads: raw.num_key_value_heads(),
-            head_dim,
-            rms_norm_eps: raw.rms_norm_eps,
-            rope_theta: raw.rope_theta as f64,
-            rope_scaling: raw.rope_scaling.and_then(|s| match s.rope_type {
-                Llama3RopeType::Llama3 => Some(Llama3Scaling {
-                    factor: s.factor as f64,
-                    low_freq_factor: s.low_freq_factor as f64,
-                    high_freq_factor: s.high_freq_factor as f64,
-                    original_max_position_embeddings: s.original_max_position_embeddings,
-                }),
-                Llama3RopeType::Default => None,
-            }),
-            max_position_embeddings: raw.max_position_embeddings,
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
-            bos_token_id: raw.bos_token_id,
-        };
-        cfg.validate()
-            .with_context(|| format!("invalid model config {}", path.display()))?;
-        Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -161,36 +158,9 @@ impl ModelConfig {
         per_layer * self.num_layers as u64 + d * self.vocab_size as u64
     }
 
-    /// RoPE inverse frequencies `theta^(-2i/d)`, with LLaMA-3 scaling applied.
+    /// RoPE inverse frequencies of a pass within the trained length (scaling applied).
     pub fn inv_freq(&self) -> Vec<f64> {
-        let d = self.head_dim;
-        let base: Vec<f64> = (0..d / 2)
-            .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / d as f64))
-            .collect();
-        let Some(s) = &self.rope_scaling else {
-            return base;
-        };
-        let old = s.original_max_position_embeddings as f64;
-        let low_wavelen = old / s.low_freq_factor;
-        let high_wavelen = old / s.high_freq_factor;
-        base.iter()
-            .map(|&f| {
-                let wavelen = 2.0 * std::f64::consts::PI / f;
-                let scaled = if wavelen > low_wavelen {
-                    f / s.factor
-                } else {
-                    f
-                };
-                let medium = (high_wavelen..=low_wavelen).contains(&wavelen);
-                if medium {
-                    let smooth = (old / wavelen - s.low_freq_factor)
-                        / (s.high_freq_factor - s.low_freq_factor);
-                    (1.0 - smooth) * scaled / s.factor + smooth * scaled
-                } else {
-                    scaled
-                }
-            })
-            .collect()
+        self.rope().inv_freq(0)
     }
 }
 
@@ -214,9 +184,28 @@ mod tests {
             max_position_embeddings: 4096,
             tie_word_embeddings: false,
             bos_token_id: Some(1),
+            ..tiny()
         };
         // HF's LlamaForCausalLM reports 6,738,415,616 parameters.
         assert_eq!(c.param_count(), 6_738_415_616);
+    }
+
+    #[test]
+    fn qwen2_5_0_5b_has_its_published_parameter_count() {
+        let c = ModelConfig {
+            hidden_size: 896,
+            intermediate_size: 4864,
+            vocab_size: 151936,
+            num_layers: 24,
+            num_heads: 14,
+            num_kv_heads: 2,
+            head_dim: 64,
+            family: Family::Qwen2,
+            qkv_bias: true,
+            ..tiny()
+        };
+        // Qwen2.5-0.5B's model card: 0.49B; HF's num_parameters() gives 494,032,768.
+        assert_eq!(c.param_count(), 494_032_768);
     }
 
     fn tiny() -> ModelConfig {
@@ -234,6 +223,11 @@ mod tests {
             max_position_embeddings: 64,
             tie_word_embeddings: true,
             bos_token_id: Some(1),
+            family: Family::Llama,
+            qkv_bias: false,
+            o_bias: false,
+            qk_norm: false,
+            sliding_window: None,
         }
     }
 
@@ -255,12 +249,12 @@ mod tests {
         c.head_dim = 64;
         c.rope_theta = 500000.0;
         let plain = c.inv_freq();
-        c.rope_scaling = Some(Llama3Scaling {
+        c.rope_scaling = Some(RopeScaling::Llama3(Llama3Scaling {
             factor: 8.0,
             low_freq_factor: 1.0,
             high_freq_factor: 4.0,
             original_max_position_embeddings: 8192,
-        });
+        }));
         let scaled = c.inv_freq();
         // Highest frequency: wavelength 2*pi < 8192/4, untouched.
         assert_eq!(plain[0], scaled[0]);

@@ -1,8 +1,10 @@
-//! GGUF (llama.cpp) LLaMA-architecture files: config from `llama.*` metadata, weights
-//! dequantized and renamed to the HF layout, Q/K rows un-permuted back from llama.cpp's
-//! interleaved RoPE order, so that one forward pass serves both formats.
+//! GGUF (llama.cpp) files of the `llama`, `qwen2` and `qwen3` architectures: config from
+//! `{arch}.*` metadata, weights dequantized and renamed to the HF layout, LLaMA's Q/K rows
+//! un-permuted back from llama.cpp's interleaved RoPE order (Qwen keeps the halves order,
+//! llama.cpp's NEOX RoPE), so that one forward pass serves both formats.
 
-use super::config::ModelConfig;
+use super::config::{Family, ModelConfig, RopeScaling, YarnScaling};
+use super::rope::yarn_attention_factor;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
@@ -71,24 +73,41 @@ impl GgufFile {
             .map_err(|e| anyhow!("{}: GGUF key {key}: {e}", self.path.display()))
     }
 
-    /// The model shape from `llama.*` keys.
+    /// The family named by `general.architecture`.
+    pub fn family(&self) -> Result<Family> {
+        let arch = self.string_key("general.architecture")?.unwrap_or("(none)");
+        Ok(match arch {
+            "llama" => Family::Llama,
+            "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
+            other => bail!(
+                "{}: GGUF general.architecture = {other:?} is not supported (supported: llama, \
+                 qwen2, qwen3)",
+                self.path.display()
+            ),
+        })
+    }
+
+    /// The model shape from `{arch}.*` keys.
     pub fn config(&self) -> Result<ModelConfig> {
         let p = self.path.display();
-        let arch = self.string_key("general.architecture")?.unwrap_or("(none)");
-        if arch != "llama" {
-            bail!("{p}: GGUF architecture {arch:?} is not supported (only \"llama\")");
-        }
+        let family = self.family()?;
+        let a = family.name();
+        let k = |key: &str| format!("{a}.{key}");
         if self.content.tensor_infos.contains_key("rope_freqs.weight") {
             bail!("{p}: per-frequency RoPE factors (rope_freqs.weight) are not supported");
         }
-        let hidden = self.usize_key("llama.embedding_length")?;
-        let heads = self.usize_key("llama.attention.head_count")?;
-        let kv = match self.get("llama.attention.head_count_kv") {
-            Some(_) => self.usize_key("llama.attention.head_count_kv")?,
+        let hidden = self.usize_key(&k("embedding_length"))?;
+        let heads = self.usize_key(&k("attention.head_count"))?;
+        let kv = match self.get(&k("attention.head_count_kv")) {
+            Some(_) => self.usize_key(&k("attention.head_count_kv"))?,
             None => heads,
         };
-        let head_dim = hidden / heads.max(1);
-        if let Some(rot) = self.u32_of("llama.rope.dimension_count")? {
+        let head_dim = match self.get(&k("attention.key_length")) {
+            Some(_) => self.usize_key(&k("attention.key_length"))?,
+            None => hidden / heads.max(1),
+        };
+        if let Some(rot) = self.u32_of(&k("rope.dimension_count"))? {
             if rot as usize != head_dim {
                 bail!("{p}: partial rotary embeddings ({rot} of {head_dim}) are not supported");
             }
@@ -98,30 +117,65 @@ impl GgufFile {
             .tensor_infos
             .get("token_embd.weight")
             .ok_or_else(|| anyhow!("{p}: tensor token_embd.weight is missing"))?;
-        let vocab = match self.get("llama.vocab_size") {
-            Some(_) => self.usize_key("llama.vocab_size")?,
+        let vocab = match self.get(&k("vocab_size")) {
+            Some(_) => self.usize_key(&k("vocab_size"))?,
             None => embd.shape.dims()[0],
         };
         let cfg = ModelConfig {
             hidden_size: hidden,
-            intermediate_size: self.usize_key("llama.feed_forward_length")?,
+            intermediate_size: self.usize_key(&k("feed_forward_length"))?,
             vocab_size: vocab,
-            num_layers: self.usize_key("llama.block_count")?,
+            num_layers: self.usize_key(&k("block_count"))?,
             num_heads: heads,
             num_kv_heads: kv,
             head_dim,
             rms_norm_eps: self
-                .f64_key("llama.attention.layer_norm_rms_epsilon")?
+                .f64_key(&k("attention.layer_norm_rms_epsilon"))?
                 .unwrap_or(1e-5),
-            rope_theta: self.f64_key("llama.rope.freq_base")?.unwrap_or(10000.0),
-            rope_scaling: None,
-            max_position_embeddings: self.usize_key("llama.context_length")?,
+            rope_theta: self.f64_key(&k("rope.freq_base"))?.unwrap_or(10000.0),
+            rope_scaling: self.rope_scaling(a)?,
+            max_position_embeddings: self.usize_key(&k("context_length"))?,
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             bos_token_id: self.u32_of("tokenizer.ggml.bos_token_id")?,
+            family,
+            qkv_bias: family == Family::Qwen2,
+            o_bias: false,
+            qk_norm: family == Family::Qwen3,
+            sliding_window: None,
         };
         cfg.validate()
             .with_context(|| format!("{p}: invalid model shape"))?;
         Ok(cfg)
+    }
+
+    /// `{arch}.rope.scaling.*`: none, linear or yarn (what llama.cpp's converter writes).
+    fn rope_scaling(&self, a: &str) -> Result<Option<RopeScaling>> {
+        let kind = self.string_key(&format!("{a}.rope.scaling.type"))?;
+        let factor = self.f64_key(&format!("{a}.rope.scaling.factor"))?;
+        Ok(match (kind, factor) {
+            (None | Some("none"), _) => None,
+            (Some("linear"), Some(f)) => Some(RopeScaling::Linear { factor: f }),
+            (Some("yarn"), Some(f)) => {
+                let orig = self.u32_of(&format!("{a}.rope.scaling.original_context_length"))?;
+                let orig = match orig {
+                    Some(o) => o as usize,
+                    None => self.usize_key(&format!("{a}.context_length"))?,
+                };
+                Some(RopeScaling::Yarn(YarnScaling {
+                    factor: f,
+                    original_max_position_embeddings: orig,
+                    attention_factor: yarn_attention_factor(f, None, None),
+                    beta_fast: 32.0,
+                    beta_slow: 1.0,
+                    truncate: true,
+                }))
+            }
+            (Some(other), _) => bail!(
+                "{}: GGUF {a}.rope.scaling.type = {other:?} (with factor {factor:?}) is not \
+                 supported (supported: none, linear, yarn)",
+                self.path.display()
+            ),
+        })
     }
 
     /// All weights, dequantized on `device` to `dtype`, under HF names.
@@ -137,12 +191,24 @@ impl GgufFile {
         let mut names: Vec<&String> = self.content.tensor_infos.keys().collect();
         names.sort();
         for name in names {
+            let family = cfg.family.name();
             let Some(hf) = hf_name(name) else {
                 bail!(
-                    "{}: unexpected tensor {name:?} for a llama model",
+                    "{}: unexpected tensor {name:?} for a {family} model",
                     self.path.display()
                 );
             };
+            let expected = match hf.rsplit('.').nth(1) {
+                Some("q_norm" | "k_norm") => cfg.qk_norm,
+                _ if hf.ends_with(".bias") => cfg.qkv_bias,
+                _ => true,
+            };
+            if !expected {
+                bail!(
+                    "{}: tensor {name:?} is not part of a {family} model in gateau",
+                    self.path.display()
+                );
+            }
             // Dequantized on the CPU, where candle supports every GGUF type, then moved.
             let q = self
                 .content
@@ -155,9 +221,10 @@ impl GgufFile {
                     self.path.display()
                 )
             })?;
-            let w = if name.ends_with("attn_q.weight") {
+            let llama = cfg.family == Family::Llama;
+            let w = if llama && name.ends_with("attn_q.weight") {
                 unpermute(&w, cfg.num_heads)?
-            } else if name.ends_with("attn_k.weight") {
+            } else if llama && name.ends_with("attn_k.weight") {
                 unpermute(&w, cfg.num_kv_heads)?
             } else {
                 w
@@ -185,6 +252,11 @@ fn hf_name(name: &str) -> Option<String> {
     let hf = match part {
         "attn_norm.weight" => "input_layernorm.weight",
         "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
+        "attn_q_norm.weight" => "self_attn.q_norm.weight",
+        "attn_k_norm.weight" => "self_attn.k_norm.weight",
         "attn_k.weight" => "self_attn.k_proj.weight",
         "attn_v.weight" => "self_attn.v_proj.weight",
         "attn_output.weight" => "self_attn.o_proj.weight",

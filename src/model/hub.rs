@@ -1,5 +1,9 @@
 //! Hugging Face hub ids (`org/name`) resolved to local files with hf-hub: from the local
-//! cache first, downloading only when online. `HF_HUB_OFFLINE=1` forbids any download.
+//! cache first, downloading only when online. The conventions of the Python stack hold:
+//! `HF_HUB_OFFLINE=1` forbids any download, `HF_HUB_CACHE` (else `HF_HOME/hub`) is the
+//! cache, `HF_ENDPOINT` a mirror, `HF_TOKEN` the token for gated repositories (else the
+//! token file `huggingface-cli login` wrote), and an online resolution that fails falls
+//! back to the cache with a warning, as transformers does.
 
 use super::HfFiles;
 use anyhow::{anyhow, bail, Context, Result};
@@ -53,31 +57,75 @@ impl Source {
     }
 }
 
-/// Resolves `id` (optionally `id@revision`) to the files of an HF LLaMA checkpoint.
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The cache: `HF_HUB_CACHE`, else `HF_HOME/hub`, else ~/.cache/huggingface/hub.
+pub fn cache() -> Cache {
+    match env("HF_HUB_CACHE") {
+        Some(dir) => Cache::new(PathBuf::from(dir)),
+        None => Cache::from_env(),
+    }
+}
+
+/// Resolves `id` (optionally `id@revision`) to the files of an HF checkpoint.
 pub fn resolve(id: &str) -> Result<HfFiles> {
     let (name, revision) = match id.split_once('@') {
         Some((n, r)) => (n, r.to_string()),
         None => (id, "main".to_string()),
     };
     let repo = Repo::with_revision(name.to_string(), hf_hub::RepoType::Model, revision);
-    let cache = Cache::from_env();
-    let source = if offline() {
-        Source::Cache(cache.repo(repo), cache.path().clone())
-    } else {
-        let api = ApiBuilder::from_cache(cache)
-            .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .build()
-            .context("cannot set up the Hugging Face hub client")?;
-        let repo = api.repo(repo);
-        let info = repo.info().map_err(|e| {
-            anyhow!(
-                "cannot reach the Hugging Face hub for {id}: {e}; with no network, set \
-                 HF_HUB_OFFLINE=1 to use the local cache, or pass a local folder or .gguf file"
-            )
-        })?;
-        let files = info.siblings.into_iter().map(|s| s.rfilename).collect();
-        Source::Api(repo, files)
+    let cache = cache();
+    let from_cache = || {
+        files(
+            id,
+            &Source::Cache(cache.repo(repo.clone()), cache.path().clone()),
+        )
     };
+    if offline() {
+        return from_cache();
+    }
+    match online(id, &repo, &cache) {
+        Ok(f) => Ok(f),
+        Err(e) => match from_cache() {
+            Ok(f) => {
+                eprintln!(
+                    "gateau: warning: {e:#}; using the copy of {id} in the local hub cache {}",
+                    cache.path().display()
+                );
+                Ok(f)
+            }
+            Err(_) => Err(e),
+        },
+    }
+}
+
+fn online(id: &str, repo: &Repo, cache: &Cache) -> Result<HfFiles> {
+    let mut builder = ApiBuilder::from_cache(cache.clone())
+        .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if let Some(endpoint) = env("HF_ENDPOINT") {
+        builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
+    }
+    // The token file lives in HF_HOME even when HF_HUB_CACHE moves the cache.
+    let token = env("HF_TOKEN").or_else(|| Cache::from_env().token());
+    let api = builder
+        .with_token(token)
+        .build()
+        .context("cannot set up the Hugging Face hub client")?;
+    let repo = api.repo(repo.clone());
+    let info = repo.info().map_err(|e| {
+        anyhow!(
+            "cannot reach the Hugging Face hub for {id}: {e} (gated repositories such as \
+             meta-llama need HF_TOKEN; mirrors are set with HF_ENDPOINT); with no network, \
+             set HF_HUB_OFFLINE=1 to use the local cache, or pass a local folder or .gguf file"
+        )
+    })?;
+    let names = info.siblings.into_iter().map(|s| s.rfilename).collect();
+    files(id, &Source::Api(repo, names))
+}
+
+fn files(id: &str, source: &Source) -> Result<HfFiles> {
     let config = source.need(id, "config.json")?;
     let tokenizer = source.need(id, "tokenizer.json")?;
     let weights = match source.get(id, "model.safetensors.index.json")? {

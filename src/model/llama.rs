@@ -1,5 +1,6 @@
-//! The LLaMA-family forward pass gateau needs: logits only at the scored (response)
-//! positions, NLL in f32, and optionally the response rows' attention mass per key.
+//! The forward pass gateau needs, for every supported family (LLaMA, Mistral, Qwen2,
+//! Qwen3): logits only at the scored (response) positions, NLL in f32, and optionally the
+//! response rows' attention mass per key.
 //!
 //! Layout mirrors HF checkpoints (`model.layers.N.self_attn.q_proj`, ...), so the same code
 //! loads safetensors folders and (renamed, un-permuted) GGUF tensors.
@@ -8,72 +9,16 @@ use super::attention::{capture_mass_thd, causal_attention, Plan};
 use super::config::ModelConfig;
 use super::fused::{self, HeadShape, Heads};
 use super::kernel::{fused_available, fused_causal};
+use super::layer::Layer;
 use super::packing::{Packing, Span};
 use super::profile::op;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Upper bound on the f32 logits of one chunk of scored rows: 128 MiB.
 const LOGIT_BUDGET: usize = 32 << 20;
-
-struct Layer {
-    input_norm: Tensor,
-    /// q, k and v projections stacked (one GEMM; rows in that order).
-    qkv: Linear,
-    o: Linear,
-    post_norm: Tensor,
-    /// Gate and up projections stacked (one GEMM; gate's rows first).
-    gate_up: Linear,
-    down: Linear,
-}
-
-fn weight(vb: &VarBuilder, out: usize, inp: usize, name: &str) -> candle_core::Result<Tensor> {
-    vb.get((out, inp), &format!("{name}.weight"))
-}
-
-fn linear(vb: &VarBuilder, out: usize, inp: usize, name: &str) -> candle_core::Result<Linear> {
-    Ok(Linear::new(weight(vb, out, inp, name)?, None))
-}
-
-impl Layer {
-    fn load(vb: VarBuilder, c: &ModelConfig) -> candle_core::Result<Self> {
-        let (d, f) = (c.hidden_size, c.intermediate_size);
-        let (qd, kvd) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let att = vb.pp("self_attn");
-        let mlp = vb.pp("mlp");
-        Ok(Self {
-            input_norm: vb.get(d, "input_layernorm.weight")?.to_dtype(DType::F32)?,
-            qkv: Linear::new(
-                Tensor::cat(
-                    &[
-                        weight(&att, qd, d, "q_proj")?,
-                        weight(&att, kvd, d, "k_proj")?,
-                        weight(&att, kvd, d, "v_proj")?,
-                    ],
-                    0,
-                )?,
-                None,
-            ),
-            o: linear(&att, d, qd, "o_proj")?,
-            post_norm: vb
-                .get(d, "post_attention_layernorm.weight")?
-                .to_dtype(DType::F32)?,
-            gate_up: Linear::new(
-                Tensor::cat(
-                    &[
-                        weight(&mlp, f, d, "gate_proj")?,
-                        weight(&mlp, f, d, "up_proj")?,
-                    ],
-                    0,
-                )?,
-                None,
-            ),
-            down: linear(&mlp, d, f, "down_proj")?,
-        })
-    }
-}
 
 /// What one forward pass returns, per sequence of the batch.
 #[derive(Debug, Clone)]
@@ -190,19 +135,19 @@ impl Llama {
         self.dtype
     }
 
-    /// cos and sin tables `[t, head_dim / 2]` in f32. Angles are formed in f64: an f32
-    /// `position x frequency` is off by up to 4e-3 rad at 64k positions.
-    fn rope_tables(&self, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
-        let inv = self.cfg.inv_freq();
-        let half = inv.len();
+    /// cos and sin tables `[T, head_dim / 2]` in f32 for passes of these lengths laid end
+    /// to end (one for an unpacked row; positions restart at 0 in each), each from its own
+    /// length's frequencies (dynamic NTK depends on it).
+    fn rope_tables(&self, lens: &[usize]) -> candle_core::Result<(Tensor, Tensor)> {
+        let rope = self.cfg.rope();
+        let half = self.cfg.head_dim / 2;
+        let t: usize = lens.iter().sum();
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
-        for p in 0..t {
-            for &f in &inv {
-                let a = p as f64 * f;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
-            }
+        for &n in lens {
+            let (c, s) = rope.tables(n, n);
+            cos.extend(c);
+            sin.extend(s);
         }
         let cos = Tensor::from_vec(cos, (t, half), &self.device)?;
         let sin = Tensor::from_vec(sin, (t, half), &self.device)?;
@@ -236,8 +181,21 @@ impl Llama {
         if score_from == 0 || score_from >= t {
             bail!("scored positions must start in 1..{t}, got {score_from}");
         }
+        self.check_window(t)?;
         self.check_vocab(tokens.iter().flatten())?;
         Ok((b, t))
+    }
+
+    /// Passes longer than a sliding window would need a banded mask, which no attention
+    /// path here implements: refused rather than scored with the wrong attention.
+    fn check_window(&self, len: usize) -> Result<()> {
+        match self.cfg.sliding_window {
+            Some(w) if len > w => bail!(
+                "a pass of {len} tokens exceeds the model's sliding window of {w} tokens \
+                 (config.json sliding_window), which gateau does not implement"
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// Runs `pass` (a trunk and what is computed from it, up to a copy to the host); if
@@ -287,14 +245,8 @@ impl Llama {
             .reshape((b, t, c.hidden_size))?
             .to_dtype(DType::F32)?;
         let (cos, sin) = match packed {
-            None => self.rope_tables(t)?,
-            Some(spans) => {
-                let longest = spans.iter().map(|s| s.len).max().unwrap_or(0);
-                let (cos, sin) = self.rope_tables(longest)?;
-                let pos: Vec<u32> = spans.iter().flat_map(|s| 0..s.len as u32).collect();
-                let pos = Tensor::from_vec(pos, t, &self.device)?;
-                (cos.index_select(&pos, 0)?, sin.index_select(&pos, 0)?)
-            }
+            None => self.rope_tables(&[t])?,
+            Some(spans) => self.rope_tables(&spans.iter().map(|s| s.len).collect::<Vec<_>>())?,
         };
         // fused::qkv_heads reads f32 tables; candle's rope wants them in the dtype of q.
         let (cos, sin) = match self.split {
@@ -316,6 +268,7 @@ impl Llama {
             let h = op(dev, "rms_norm", || self.rms_norm(&x, &layer.input_norm))?;
             let (att, m) = if self.split {
                 let qkv = op(dev, "qkv_proj", || fused::linear_f32(&h, &layer.qkv))?;
+                let qkv = op(dev, "qk_norm", || layer.norm_qk(qkv, shape, c.rms_norm_eps))?;
                 let Heads {
                     q,
                     k,
@@ -341,6 +294,7 @@ impl Llama {
                 (out.reshape((b, t, nh * hd))?.to_dtype(self.dtype)?, m)
             } else {
                 let qkv = op(dev, "qkv_proj", || layer.qkv.forward(&h))?;
+                let qkv = op(dev, "qk_norm", || layer.norm_qk(qkv, shape, c.rms_norm_eps))?;
                 let heads = |from: usize, n: usize| {
                     qkv.narrow(2, from * hd, n * hd)?
                         .reshape((b, t, n, hd))?
@@ -484,6 +438,7 @@ impl Llama {
                     tok.len()
                 );
             }
+            self.check_window(tok.len())?;
             spans.push(Span {
                 start,
                 len: tok.len(),

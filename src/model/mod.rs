@@ -9,11 +9,14 @@ pub mod cudnn;
 pub mod fused;
 pub mod gguf;
 pub mod gguf_tokenizer;
+pub mod hf_config;
 pub mod hub;
 pub mod kernel;
+mod layer;
 pub mod llama;
 pub mod packing;
 pub mod profile;
+pub mod rope;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device};
@@ -141,6 +144,14 @@ fn locate(spec: &ModelSpec) -> Result<Located> {
             spec.location
         );
     }))
+}
+
+/// A model's shape alone (no tokenizer, no weights).
+pub fn model_config(spec: &ModelSpec) -> Result<ModelConfig> {
+    match locate(spec)? {
+        Located::Gguf(p) => gguf::GgufFile::open(&p)?.config(),
+        Located::Hf(files) => ModelConfig::from_hf_file(&files.config),
+    }
 }
 
 /// A model's shape and tokenizer without its weights (memory planning, two-phase scoring).

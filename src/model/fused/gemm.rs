@@ -30,15 +30,17 @@ pub fn linear_add_into(x: &Tensor, h: &Tensor, lin: &Linear) -> Result<()> {
     gemm_add(x, h, w)
 }
 
-/// `lin(h)` in f32: fused on CUDA for bf16/f16 weights; elsewhere the product in the
-/// weights' dtype, widened.
+/// `lin(h)` in f32: fused on CUDA for bf16/f16 weights (a bias, as Qwen2's q|k|v carry,
+/// added in f32 after the product); elsewhere the product in the weights' dtype, widened.
 pub fn linear_f32(h: &Tensor, lin: &Linear) -> Result<Tensor> {
-    let fused = h.device().is_cuda()
-        && matches!(h.dtype(), DType::BF16 | DType::F16)
-        && lin.bias().is_none();
-    match fused {
-        true => gemm_out(h, lin.weight()),
-        false => lin.forward(h)?.to_dtype(DType::F32),
+    let fused = h.device().is_cuda() && matches!(h.dtype(), DType::BF16 | DType::F16);
+    if !fused {
+        return lin.forward(h)?.to_dtype(DType::F32);
+    }
+    let out = gemm_out(h, lin.weight())?;
+    match lin.bias() {
+        None => Ok(out),
+        Some(b) => out.broadcast_add(&b.to_dtype(DType::F32)?),
     }
 }
 
