@@ -3,6 +3,7 @@
 mod bench_cli;
 mod common;
 mod families;
+mod families_gguf;
 mod forward;
 mod gguf;
 mod hub;
