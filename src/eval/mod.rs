@@ -2,6 +2,7 @@
 //! the raw score records (no model passes): AUROC, precision of the top fractions, length
 //! bias, per label pair and per length band. `probe` makes a labeled probe set.
 
+pub mod docs;
 pub mod metrics;
 pub mod plots;
 pub mod probe;
