@@ -118,13 +118,8 @@ pub fn view(s: &RankSettings, a: &Analysis, r: &ScoreRecord) -> View {
         cam_norm(&seg_ppl, s.cam_norm),
         cam_norm(&seg_attn, s.cam_norm),
     );
-    let mut logs: Vec<f64> = seg_ppl.iter().map(|p| p.ln()).collect();
-    logs.sort_by(f64::total_cmp);
-    let median = match logs.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => logs[n / 2],
-        n => (logs[n / 2 - 1] + logs[n / 2]) / 2.0,
-    };
+    let median =
+        crate::rank::terms::median(&mut seg_ppl.iter().map(|p| p.ln()).collect::<Vec<_>>());
     let far = crate::analysis::seg_far(r);
     View {
         id: r.id.clone(),

@@ -43,9 +43,9 @@ pub fn order(scores: &[f64], lines: &[u64]) -> Vec<usize> {
     idx
 }
 
-/// How many samples a ratio keeps: `ceil(ratio * n)` (spec section 8's guard).
+/// How many samples a ratio keeps: `select`'s own rule (spec section 8's exact ceiling).
 pub fn keep(ratio: f64, n: usize) -> usize {
-    ((ratio * n as f64 - 1e-9).ceil().max(0.0) as usize).min(n)
+    crate::settings::Keep::Ratio(ratio).count(n)
 }
 
 /// Share of positives among the top `ceil(ratio * n)`; None when that keeps nothing.

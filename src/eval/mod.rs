@@ -161,15 +161,9 @@ pub fn scorers(c: &[Candidate], s: &RankSettings) -> Vec<Scorer> {
         );
     }
     for hn in [HmgNorm::Minmax, HmgNorm::Softmax, HmgNorm::Rank] {
-        let short: Vec<f64> = c.iter().map(|x| x.ppl_short).collect();
-        let long: Vec<f64> = c.iter().map(|x| x.ppl_long).collect();
-        let (a, b) = (
-            crate::rank::normalize::hmg_norm(&short, hn),
-            crate::rank::normalize::hmg_norm(&long, hn),
-        );
         push(
             format!("hmg paper, hmg-norm {}", value_name(hn)),
-            Some(a.iter().zip(&b).map(|(x, y)| x - y).collect()),
+            Some(crate::rank::recipe::hmp(&inputs, hn)),
         );
     }
     for t in [HmgTerm::LogRatio, HmgTerm::KeyShare, HmgTerm::KeyGain] {

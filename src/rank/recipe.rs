@@ -116,6 +116,14 @@ pub fn fuse(x: &[f64], f: Fuse) -> Vec<f64> {
     }
 }
 
+/// The paper's HMP, dataset-level already: `N(ppl_short) - N(ppl_long)` (spec section 4).
+pub fn hmp(x: &[Inputs], hn: HmgNorm) -> Vec<f64> {
+    let short: Vec<f64> = x.iter().map(|c| c.ppl_short).collect();
+    let long: Vec<f64> = x.iter().map(|c| c.ppl_long).collect();
+    let (ns, nl) = (hmg_norm(&short, hn), hmg_norm(&long, hn));
+    ns.iter().zip(&nl).map(|(a, b)| a - b).collect()
+}
+
 /// Per sample: the HMG term, the CAM term (None with fewer than two segments), the CAM
 /// term after null-filling (the dataset's minimum, 0 when all are null), and the score.
 pub struct Combined {
@@ -135,13 +143,7 @@ pub fn combine(
     cn: CamNorm,
 ) -> Result<Combined, usize> {
     let hmg_values: Vec<f64> = match r.hmg {
-        // Dataset-level already: N(ppl_short) - N(ppl_long).
-        HmgTerm::Paper => {
-            let short: Vec<f64> = x.iter().map(|c| c.ppl_short).collect();
-            let long: Vec<f64> = x.iter().map(|c| c.ppl_long).collect();
-            let (ns, nl) = (hmg_norm(&short, hn), hmg_norm(&long, hn));
-            ns.iter().zip(&nl).map(|(a, b)| a - b).collect()
-        }
+        HmgTerm::Paper => hmp(x, hn),
         t => x
             .iter()
             .enumerate()

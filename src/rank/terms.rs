@@ -75,9 +75,13 @@ pub struct Inputs<'a> {
     pub nll: Option<(&'a [f32], &'a [f32])>,
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// The median (mean of the middle two for an even count); 0 for no values.
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
+    if n == 0 {
+        return 0.0;
+    }
     if n % 2 == 1 {
         v[n / 2]
     } else {
