@@ -79,15 +79,15 @@ def estimate(ctx, measured):
     known = sorted(measured)
     if len(known) == 1:
         n = known[0]
-        return measured[n] * ctx / n, f"extrapolated (proportional to {kfmt(n)})"
+        return measured[n] * ctx / n, f"estimated: proportional to {kfmt(n)}"
     below = [n for n in known if n < ctx]
     above = [n for n in known if n > ctx]
     if below and above:
-        pair, basis = (below[-1], above[0]), "interpolated"
+        pair, basis = (below[-1], above[0]), "estimated: interpolated"
     elif above:
-        pair, basis = (above[0], above[1]), "extrapolated"
+        pair, basis = (above[0], above[1]), "estimated: extrapolated"
     else:
-        pair, basis = (below[-2], below[-1]), "extrapolated"
+        pair, basis = (below[-2], below[-1]), "estimated: extrapolated"
     a, b = fit(*[(n, measured[n]) for n in pair])
     t = a * ctx + b * ctx * ctx
     if a < 0 or b < 0 or t <= 0:
@@ -130,8 +130,8 @@ def main():
 
     g = args.gpus
     eff = args.efficiency
-    print(f"| context | seconds per sample | GPU-hours per {args.samples:,} samples (1 GPU: "
-          f"wall-clock hours) | {g} GPUs: wall-clock hours | basis |")
+    print(f"| context | seconds per sample | 1 GPU: GPU-hours per {args.samples:,} samples "
+          f"(= hours) | {g} GPUs: wall-clock hours | basis |")
     print("| --- | ---: | ---: | ---: | --- |")
     for ctx in contexts:
         t, basis = estimate(ctx, measured)
