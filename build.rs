@@ -1,18 +1,18 @@
-//! With the `cuda` feature, compiles gateau's own kernels (src/model/fused.cu, capture.cu)
+//! With the `cuda` feature, compiles gateau's own kernels (src/kernels/fused.cu, capture.cu)
 //! to PTX with nvcc; the driver JIT-compiles them for the GPU at first use, as it does
-//! candle's kernels. With `cudnn`, compiles src/model/cudnn_sdpa.cpp (cudnn-frontend's
+//! candle's kernels. With `cudnn`, compiles src/kernels/cudnn_sdpa.cpp (cudnn-frontend's
 //! header-only graph API; cuDNN itself is loaded at run time) into a static library.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The .cu files under src/model, each one PTX module.
+/// The .cu files under src/kernels, each one PTX module.
 const KERNELS: [&str; 2] = ["fused", "capture"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     for name in KERNELS {
-        println!("cargo:rerun-if-changed=src/model/{name}.cu");
+        println!("cargo:rerun-if-changed=src/kernels/{name}.cu");
     }
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=NVCC");
@@ -36,7 +36,7 @@ fn main() {
             .arg(format!("-arch=compute_{cap}"))
             .arg("-o")
             .arg(out.join(format!("{name}.ptx")))
-            .arg(format!("src/model/{name}.cu"))
+            .arg(format!("src/kernels/{name}.cu"))
             .status()
             .unwrap_or_else(|e| {
                 panic!(
@@ -44,14 +44,14 @@ fn main() {
                     nvcc.display()
                 )
             });
-        assert!(status.success(), "nvcc failed on src/model/{name}.cu");
+        assert!(status.success(), "nvcc failed on src/kernels/{name}.cu");
     }
 }
 
 /// The include folders the shim needs: `$CUDNN_FRONTEND_INCLUDE` (cudnn_frontend.h),
 /// `$CUDNN_INCLUDE` (cudnn.h; default: the CUDA toolkit's), the CUDA toolkit's include.
 fn cudnn_shim() {
-    const SRC: &str = "src/model/cudnn_sdpa.cpp";
+    const SRC: &str = "src/kernels/cudnn_sdpa.cpp";
     println!("cargo:rerun-if-changed={SRC}");
     for var in ["CUDNN_FRONTEND_INCLUDE", "CUDNN_INCLUDE", "CXX"] {
         println!("cargo:rerun-if-env-changed={var}");

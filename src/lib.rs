@@ -1,42 +1,27 @@
 //! gateau: pick the most valuable samples of long-context instruction data (GATEAU,
 //! arXiv 2410.15633) with candle.
 //!
-//! The pipeline, one module per step: `data` (JSONL input) -> `template` (tokens) ->
-//! `model` (LLaMA forward with attention capture) -> `passes` (HMG/CAM passes of a sample;
-//! `pack` runs small samples' segment passes together) -> `record` (per-sample output) -> `selection` (dataset-level ranking, methods) ->
-//! `analysis` (records read back and ranked) -> `report` / `summary` / `plots` (what a
-//! selection looks like). `score`, `select`, `report` (in `summary`), `inspect`, `compare`
-//! and `bench` drive the subcommands; `cli` and `settings` are the interface.
+//! The tree is the pipeline. `input` (JSONL lines -> samples -> prompt tokens) ->
+//! `checkpoint` (where weights, configs and tokenizers come from) -> `model` (the forward
+//! of every family, on `kernels`' custom ops; the attention dispatch is a value it owns)
+//! -> `score` (intake, the HMG/CAM passes, batching, workers, two-phase runs) ->
+//! `records` (one per sample, with provenance, read back verified) -> `rank`
+//! (normalizations, terms, recipes, methods) -> `report` (every writer after ranking:
+//! select, summary and plots, inspect, compare, eval). `cli` turns arguments into each
+//! subcommand's typed settings, resolved once; `files` keeps outputs safe; `bench` times
+//! the passes.
 
-pub mod analysis;
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
-pub mod compare;
-pub mod data;
-pub mod eval;
 pub mod files;
-pub mod hash;
-pub mod inspect;
-pub mod memory;
+pub mod input;
+pub mod kernels;
 pub mod model;
-pub mod models;
-pub mod output;
-pub mod pack;
-pub mod passes;
-pub mod plots;
-pub mod progress;
-pub mod provenance;
 pub mod rank;
-pub mod record;
+pub mod records;
 pub mod report;
 pub mod score;
-pub mod select;
-pub mod settings;
-pub mod short_pass;
-pub mod summary;
-pub mod template;
-pub mod verify;
-pub mod workers;
 
 use anyhow::Result;
 use clap::Parser;
@@ -58,13 +43,19 @@ pub fn run() -> Result<ExitCode> {
         }
     };
     match cli.command {
-        cli::Command::Score(a) => score::run(settings::ScoreSettings::resolve(&a)?),
-        cli::Command::Select(a) => select::run(settings::SelectSettings::resolve(&a)?),
-        cli::Command::Report(a) => summary::run(settings::ReportSettings::resolve(&a)?),
-        cli::Command::Inspect(a) => inspect::run(inspect::InspectSettings::resolve(&a)?),
-        cli::Command::Compare(a) => compare::run(&a),
-        cli::Command::Bench(a) => bench::run(settings::bench_settings(&a)?),
-        cli::Command::Eval(a) => eval::run(settings::eval_settings(&a)?),
-        cli::Command::Probe(a) => eval::probe::run(&a),
+        cli::Command::Score(a) => score::run(cli::settings::ScoreSettings::resolve(&a)?),
+        cli::Command::Select(a) => report::select::run(cli::settings::SelectSettings::resolve(&a)?),
+        cli::Command::Report(a) => {
+            report::summary::run(cli::settings::ReportSettings::resolve(&a)?)
+        }
+        cli::Command::Inspect(a) => {
+            report::inspect::run(report::inspect::InspectSettings::resolve(&a)?)
+        }
+        cli::Command::Compare(a) => {
+            report::compare::run(cli::settings::CompareSettings::resolve(&a)?)
+        }
+        cli::Command::Bench(a) => bench::run(cli::settings::bench_settings(&a)?),
+        cli::Command::Eval(a) => report::eval::run(cli::settings::eval_settings(&a)?),
+        cli::Command::Probe(a) => report::eval::probe::run(cli::settings::ProbeRun::resolve(&a)?),
     }
 }

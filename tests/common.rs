@@ -320,3 +320,12 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
+
+/// CPU compute in `dtype` with gateau's chunked attention (the only kind the CPU has).
+pub fn cpu(dtype: candle_core::DType) -> gateau::model::Compute {
+    gateau::model::Compute {
+        device: Device::Cpu,
+        dtype,
+        dispatch: gateau::model::dispatch::Dispatch::chunked(),
+    }
+}

@@ -6,8 +6,8 @@
 use crate::common::*;
 use crate::smollm2::root;
 use candle_core::{DType, Device};
-use gateau::model::{self, ModelSpec};
-use gateau::record::{ScoreRecord, Status};
+use gateau::checkpoint::{self as model, ModelSpec};
+use gateau::records::{ScoreRecord, Status};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -196,7 +196,7 @@ fn every_family_matches_the_f64_reference_forward() {
             tokenizer: None,
             rope_theta: None,
         };
-        let m = model::load(&spec, &Device::Cpu, DType::F32).unwrap();
+        let m = model::load(&spec, &cpu(DType::F32)).unwrap();
         let reference = ref_model(&folder);
         // 300 positions: past dynamic NTK's 128 and YaRN's original 256.
         for len in [60, 300] {
@@ -235,7 +235,7 @@ fn packed_dynamic_ntk_sequences_keep_their_own_lengths() {
         tokenizer: None,
         rope_theta: None,
     };
-    let m = model::load(&spec, &Device::Cpu, DType::F32).unwrap();
+    let m = model::load(&spec, &cpu(DType::F32)).unwrap();
     let reference = ref_model(&folder);
     let mut rng = Rng::new(7);
     let seqs: Vec<Vec<u32>> = [100, 200, 300].iter().map(|&n| ids(&mut rng, n)).collect();

@@ -81,7 +81,7 @@ fn write_gguf(
         .iter()
         .map(|(n, t)| {
             let t = match arch == "llama" && (n.contains("q_proj") || n.contains("k_proj")) {
-                true => gateau::model::gguf::permute(t, heads(n)).unwrap(),
+                true => gateau::checkpoint::gguf::permute(t, heads(n)).unwrap(),
                 false => t.clone(),
             };
             (gguf_name(n), QTensor::quantize(&t, GgmlDType::F32).unwrap())

@@ -1,8 +1,8 @@
 //! The forward pass against the plain-loop reference on tiny random models.
 
 use crate::common::*;
-use candle_core::{DType, Device};
-use gateau::model::{self, ModelSpec};
+use candle_core::DType;
+use gateau::checkpoint::{self as model, ModelSpec};
 
 fn load(dir: &std::path::Path, theta: Option<f64>) -> model::LoadedModel {
     let spec = ModelSpec {
@@ -10,7 +10,7 @@ fn load(dir: &std::path::Path, theta: Option<f64>) -> model::LoadedModel {
         tokenizer: None,
         rope_theta: theta,
     };
-    model::load(&spec, &Device::Cpu, DType::F32).unwrap()
+    model::load(&spec, &cpu(DType::F32)).unwrap()
 }
 
 fn tokens(seed: u64, n: usize) -> Vec<u32> {
@@ -67,7 +67,7 @@ fn check_against_naive(heads: usize, kv: usize, tied: bool, sharded: bool, split
             "nll {a} vs {b}"
         );
     }
-    let ppl = gateau::passes::ppl(nll);
+    let ppl = gateau::score::passes::ppl(nll);
     assert_rel(ppl, naive.ppl(&seq, from), 1e-5, "response perplexity");
 }
 
@@ -100,7 +100,7 @@ fn rope_theta_override_changes_numbers_as_the_reference_does() {
         .forward(std::slice::from_ref(&seq), 20, false)
         .unwrap();
     let want = tiny.naive(&seq, 2_000_000.0);
-    let ppl = gateau::passes::ppl(&got.nll[0]);
+    let ppl = gateau::score::passes::ppl(&got.nll[0]);
     assert_rel(ppl, want.ppl(&seq, 20), 1e-5, "ppl with theta 2e6");
     let plain = tiny.naive(&seq, tiny.rope_theta).ppl(&seq, 20);
     assert!(rel(ppl, plain) > 1e-4, "the override must matter");
@@ -130,8 +130,8 @@ fn batched_passes_equal_one_at_a_time() {
         }
     }
     // And the budgeted batching helper gives the same perplexities for any budget.
-    let all = gateau::passes::batched_ppl(&m.llama, &seqs, 30, 1 << 20).unwrap();
-    let small = gateau::passes::batched_ppl(&m.llama, &seqs, 30, 120).unwrap();
+    let all = gateau::score::passes::batched_ppl(&m.llama, &seqs, 30, 1 << 20).unwrap();
+    let small = gateau::score::passes::batched_ppl(&m.llama, &seqs, 30, 120).unwrap();
     for (a, b) in all.iter().zip(&small) {
         assert_rel(*a, *b, 1e-6, "batched_ppl with another budget");
     }
@@ -182,7 +182,7 @@ fn missing_weight_file_names_it() {
         tokenizer: None,
         rope_theta: None,
     };
-    let err = model::load(&spec, &Device::Cpu, DType::F32).err().unwrap();
+    let err = model::load(&spec, &cpu(DType::F32)).err().unwrap();
     assert!(
         format!("{err:#}").contains("model-00002-of-00002.safetensors"),
         "{err:#}"
@@ -210,7 +210,7 @@ fn bf16_weights_attend_in_f16_and_fall_back_on_overflow() {
             tokenizer: None,
             rope_theta: None,
         };
-        let mut m = model::load(&spec, &Device::Cpu, DType::BF16).unwrap();
+        let mut m = model::load(&spec, &cpu(DType::BF16)).unwrap();
         m.llama.set_split_attention(true);
         m
     };
@@ -219,8 +219,8 @@ fn bf16_weights_attend_in_f16_and_fall_back_on_overflow() {
     to_bf16(&mut tiny);
     let (seq, from) = (tokens(3, 97), 60);
     let want = tiny.naive(&seq, tiny.rope_theta).nll(&seq, from);
-    let m = load16(&tiny);
-    let err = |heads16: bool| {
+    let mut m = load16(&tiny);
+    let mut err = |heads16: bool| {
         m.llama.set_f16_heads(heads16);
         let got = m
             .llama
@@ -235,7 +235,6 @@ fn bf16_weights_attend_in_f16_and_fall_back_on_overflow() {
         (e, got)
     };
     let (e16, _) = err(true);
-    assert!(m.llama.f16_heads());
     let (e_bf16, _) = err(false);
     assert!(e_bf16 < 0.05, "bf16 heads: mean |nll error| {e_bf16}");
     assert!(e16 < e_bf16, "f16 heads {e16} vs bf16 heads {e_bf16}");
@@ -253,10 +252,10 @@ fn bf16_weights_attend_in_f16_and_fall_back_on_overflow() {
         .forward(std::slice::from_ref(&seq), from, true)
         .unwrap();
     assert!(
-        !m.llama.f16_heads(),
-        "the overflow must turn the f16 heads off"
+        m.llama.f16_heads(),
+        "an overflow re-runs its own pass only: the next one starts in f16 again"
     );
-    let plain = load16(&tiny);
+    let mut plain = load16(&tiny);
     plain.llama.set_f16_heads(false);
     let want = plain
         .llama
@@ -265,4 +264,85 @@ fn bf16_weights_attend_in_f16_and_fall_back_on_overflow() {
     assert!(got.nll[0].iter().all(|x| x.is_finite()));
     assert_eq!(got.nll, want.nll);
     assert_eq!(got.attention, want.attention);
+}
+
+/// A sample whose f16 heads overflow leaves no trace: the sample after it gets exactly the
+/// record it gets when scored alone (f16 heads), not the bf16-heads one. The model is made
+/// so that one token's queries leave f16's range in layer 0: its embedding is a unit
+/// vector along coordinate 0, every other token has 0 there, and the query weights read
+/// coordinate 0 a million times over.
+#[test]
+fn an_f16_overflow_changes_nothing_for_the_samples_after_it() {
+    const HOT: u32 = 7;
+    let mut tiny = Tiny::random(31, 4, 2, false);
+    let d = tiny.hidden;
+    let (e, _) = tiny.w.get_mut("model.embed_tokens.weight").unwrap();
+    for (row, v) in e.chunks_mut(d).enumerate() {
+        if row as u32 == HOT {
+            v.iter_mut().for_each(|x| *x = 0.0);
+            v[0] = 1.0;
+        } else {
+            v[0] = 0.0;
+        }
+    }
+    let (q, _) = tiny
+        .w
+        .get_mut("model.layers.0.self_attn.q_proj.weight")
+        .unwrap();
+    for row in q.chunks_mut(d) {
+        row[0] = 0.5 * 1048576.0;
+    }
+    for (v, _) in tiny.w.values_mut() {
+        for x in v.iter_mut() {
+            *x = half::bf16::from_f32(*x).to_f32();
+        }
+    }
+    let dir = tmp();
+    tiny.write(dir.path(), false);
+    let spec = ModelSpec {
+        location: p(dir.path()).to_string(),
+        tokenizer: None,
+        rope_theta: None,
+    };
+    let load = |f16: bool| {
+        let mut m = model::load(&spec, &cpu(DType::BF16)).unwrap();
+        m.llama.set_split_attention(true);
+        m.llama.set_f16_heads(f16);
+        m
+    };
+    let hot: Vec<u32> = tokens(5, 80)
+        .into_iter()
+        .map(|t| if t == HOT { 8 } else { t })
+        .collect();
+    let mut hot = hot;
+    hot[40] = HOT;
+    let cold: Vec<u32> = tokens(6, 90)
+        .into_iter()
+        .map(|t| if t == HOT { 9 } else { t })
+        .collect();
+    let run = |m: &gateau::checkpoint::LoadedModel, seq: &Vec<u32>| {
+        m.llama
+            .forward(std::slice::from_ref(seq), 50, true)
+            .unwrap()
+    };
+    let alone = run(&load(true), &cold);
+    let bf16_heads = run(&load(false), &cold);
+    assert_ne!(
+        alone.nll, bf16_heads.nll,
+        "f16 and bf16 heads must differ here, or the test could not tell them apart"
+    );
+    let m = load(true);
+    let first = run(&m, &hot);
+    assert!(first.nll[0].iter().all(|x| x.is_finite()));
+    assert_eq!(
+        first.nll,
+        run(&load(false), &hot).nll,
+        "the overflowing pass ran in bf16"
+    );
+    let after = run(&m, &cold);
+    assert_eq!(
+        after.nll, alone.nll,
+        "the next sample is scored as if alone"
+    );
+    assert_eq!(after.attention, alone.attention);
 }

@@ -6,8 +6,8 @@ use crate::common::*;
 use crate::score_cli::{score, Fixture};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
-use gateau::model::gguf::permute;
-use gateau::record::ScoreRecord;
+use gateau::checkpoint::gguf::permute;
+use gateau::records::ScoreRecord;
 use std::path::Path;
 
 fn write_gguf(t: &Tiny, path: &Path, arch: &str) {

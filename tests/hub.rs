@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use crate::score_cli::Fixture;
-use gateau::record::ScoreRecord;
+use gateau::records::ScoreRecord;
 
 #[test]
 fn hub_id_from_the_offline_cache_equals_the_folder() {

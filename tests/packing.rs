@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use crate::score_cli::{by_line, score, with_workers, Fixture};
-use gateau::record::{ScoreRecord, Status};
+use gateau::records::{ScoreRecord, Status};
 
 fn run_with(f: &Fixture, name: &str, workers: bool, extra: &[&str]) -> (Vec<ScoreRecord>, String) {
     let out = f.path(name);

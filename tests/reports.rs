@@ -4,10 +4,10 @@
 
 use crate::common::*;
 use crate::score_cli::{score, Fixture};
-use gateau::compare::Comparison;
-use gateau::inspect::View;
-use gateau::record::ScoreRecord;
-use gateau::summary::Summary;
+use gateau::records::ScoreRecord;
+use gateau::report::compare::Comparison;
+use gateau::report::inspect::View;
+use gateau::report::json::Summary;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 

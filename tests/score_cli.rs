@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use crate::spec_ref::{reference, RefShort};
-use gateau::record::{ScoreRecord, Status};
+use gateau::records::{ScoreRecord, Status};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 

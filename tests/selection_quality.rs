@@ -275,12 +275,12 @@ fn probe_is_deterministic_and_its_labels_hold_by_construction() {
     let a = make("3", "a.jsonl");
     assert_eq!(a, make("3", "b.jsonl"), "same seed, same bytes");
     assert_ne!(a, make("4", "c.jsonl"), "another seed, another set");
-    let spec = gateau::model::ModelSpec {
+    let spec = gateau::checkpoint::ModelSpec {
         location: p(gguf).into(),
         tokenizer: None,
         rope_theta: None,
     };
-    let (cfg, tok) = gateau::model::describe_model(&spec).unwrap();
+    let (cfg, tok) = gateau::checkpoint::describe_model(&spec).unwrap();
     let bos = usize::from(cfg.bos_token_id.is_some());
     let count = |t: &str| tok.encode(t, false).unwrap().get_ids().len();
     let mut kinds = std::collections::BTreeMap::new();

@@ -3,8 +3,8 @@
 
 use crate::common::*;
 use candle_core::{DType, Device};
-use gateau::model::gguf::GgufFile;
-use gateau::model::{self, gguf_tokenizer, ModelSpec};
+use gateau::checkpoint::gguf::GgufFile;
+use gateau::checkpoint::{self as model, gguf_tokenizer, ModelSpec};
 use serde::Deserialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -40,7 +40,7 @@ fn load(location: &Path) -> model::LoadedModel {
         tokenizer: None,
         rope_theta: None,
     };
-    model::load(&spec, &Device::Cpu, DType::F32).unwrap()
+    model::load(&spec, &cpu(DType::F32)).unwrap()
 }
 
 fn smollm2() -> &'static model::LoadedModel {
@@ -81,12 +81,12 @@ fn gguf_tokenizer_equals_the_reference_tokenizer() {
     let example = root().join("examples/longalign-mini.jsonl");
     let mut pieces = 0;
     for line in std::fs::read_to_string(example).unwrap().lines() {
-        let raw = gateau::data::RawLine {
+        let raw = gateau::input::RawLine {
             number: 0,
             bytes: line.as_bytes().to_vec(),
             offset: 0,
         };
-        let s = gateau::data::parse_line(&raw).unwrap();
+        let s = gateau::input::parse_line(&raw).unwrap();
         let mid = format!("\n\n### Instruction:\n{}\n\n### Response:\n", s.instruction);
         for text in [s.context.as_str(), mid.as_str(), s.response.as_str()] {
             let a = ours.encode(text, false).unwrap().get_ids().to_vec();
@@ -132,7 +132,7 @@ fn forward_matches_the_reference_library() {
             );
         }
         assert_rel(
-            gateau::passes::ppl(&out.nll[0]),
+            gateau::score::passes::ppl(&out.nll[0]),
             r.ppl,
             1e-3,
             "SmolLM2 response perplexity",
@@ -217,7 +217,7 @@ fn example_deep_answers_get_higher_hmp() {
         "--quiet",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let recs: Vec<gateau::record::ScoreRecord> = read_jsonl(&out);
+    let recs: Vec<gateau::records::ScoreRecord> = read_jsonl(&out);
     let kinds: Vec<String> = std::fs::read_to_string(&example)
         .unwrap()
         .lines()

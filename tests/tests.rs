@@ -7,6 +7,7 @@ mod families_gguf;
 mod forward;
 mod gguf;
 mod hub;
+mod layout;
 mod naive;
 mod packing;
 mod reports;

@@ -6,8 +6,8 @@
 use crate::common::*;
 use crate::score_cli::{score, Fixture};
 use crate::trust::{bytes_of, refused, set, with};
-use gateau::hash::{hex, xxh64};
-use gateau::record::{ScoreRecord, Status};
+use gateau::files::hash::{hex, xxh64};
+use gateau::records::{ScoreRecord, Status};
 use serde_json::json;
 use std::path::Path;
 

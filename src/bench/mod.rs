@@ -4,14 +4,15 @@
 //! same run, MFU, and device memory in use. FLOPs are counted as the PyTorch anchor
 //! (../shared/bench/torch_pipeline_bench.py) counts them, so the two compare directly.
 
-use crate::model::kernel::kernel_for;
-use crate::model::{open_device, profile, DeviceChoice, Llama};
-use crate::passes::{
+use crate::input::template::Tokens;
+use crate::kernels::profile;
+use crate::model::dispatch::{AttentionKernel, Dispatch};
+use crate::model::{open_device, Llama};
+use crate::score::passes::{
     batch_ranges, batch_shapes, pack_rows, score_sample, PassSettings, ShortModel,
 };
-use crate::template::Tokens;
 use anyhow::{bail, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use serde::Serialize;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -20,28 +21,9 @@ mod synthetic;
 
 /// Segments per sample at the most, as in configs/paper.json (`max_segments`).
 const MAX_SEGMENTS: usize = 500;
-pub use synthetic::{flops_per_seq, matmul_peak, random_model, synthetic, Shape};
+pub use synthetic::{flops_per_seq, matmul_peak, random_model, random_weights, synthetic, Shape};
 
-/// What `gateau bench` runs.
-#[derive(Debug, Clone)]
-pub struct BenchSettings {
-    pub shape: Shape,
-    pub contexts: Vec<usize>,
-    pub resp: usize,
-    pub mid: usize,
-    pub segment_len: usize,
-    pub segments: usize,
-    /// None: what `gateau score` would pick on the device.
-    pub max_batch_tokens: Option<usize>,
-    pub repeat: usize,
-    pub warmup: usize,
-    pub device: DeviceChoice,
-    pub dtype: DType,
-    pub attention: crate::model::kernel::AttentionKernel,
-    pub json: Option<std::path::PathBuf>,
-    pub profile: bool,
-    pub small_segments: usize,
-}
+pub use crate::cli::settings::BenchSettings;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PhaseResult {
@@ -49,7 +31,7 @@ pub struct PhaseResult {
     pub ctx: usize,
     pub phase: String,
     /// The attention kernel that ran (`--attention`, resolved).
-    pub attention: crate::model::kernel::AttentionKernel,
+    pub attention: crate::model::dispatch::AttentionKernel,
     pub tokens: usize,
     pub seconds: f64,
     pub tokens_per_s: f64,
@@ -91,17 +73,18 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
         bail!("--ctx needs at least one context length");
     }
     let cfg = s.shape.config();
-    crate::model::configure_matmul(s.dtype);
-    let attention = crate::model::kernel::configure(s.attention)?;
+    crate::model::configure_matmul(&device, s.dtype);
+    let dispatch = Dispatch::resolve(s.attention)?;
+    let attention = dispatch.describe().to_string();
     let peak = matmul_peak(&device, s.dtype)?;
     eprintln!(
         "gateau bench: {:?} on {device:?} {:?}, attention {attention}: matmul {peak:.1} TFLOP/s",
         s.shape, s.dtype
     );
-    let model = random_model(&cfg, &device, s.dtype)?;
+    let model = random_model(&cfg, &device, s.dtype, dispatch)?;
     let budget = s.max_batch_tokens.unwrap_or_else(|| {
         let width = s.dtype.size_in_bytes() as u64;
-        crate::memory::default_batch_tokens(&cfg, width, crate::model::free_memory(&device))
+        crate::score::memory::default_batch_tokens(&cfg, width, crate::model::free_memory(&device))
     });
     eprintln!("gateau bench: segment batches of up to {budget} tokens");
     let mut results = Vec::new();
@@ -130,20 +113,25 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
             .map(|i| synthetic(ts, cfg.vocab_size, i as u64))
             .collect();
         let per = batches.iter().map(|r| r.len()).max().unwrap_or(0);
-        let plan = model.plan_batches(batch_shapes(n_seg, ts, budget));
-        let kernels = [kernel_for(1, t), kernel_for(1, t), kernel_for(per, ts)];
+        let plan = model.plan(batch_shapes(n_seg, ts, budget));
+        let d = model.dispatch();
+        let kernels = [
+            d.kernel_for(1, t, &plan),
+            d.kernel_for(1, t, &plan),
+            d.kernel_for(per, ts, &plan),
+        ];
         let phases: [(String, usize, f64, Work); 3] = [
             (
                 "full pass (no capture)".into(),
                 t,
                 flops_per_seq(&cfg, t),
-                Box::new(|| model.forward(one, from, false).map(|_| ())),
+                Box::new(|| model.forward_planned(one, from, false, &plan).map(|_| ())),
             ),
             (
                 "long full pass + attention capture".into(),
                 t,
                 flops_per_seq(&cfg, t),
-                Box::new(|| model.forward(one, from, true).map(|_| ())),
+                Box::new(|| model.forward_planned(one, from, true, &plan).map(|_| ())),
             ),
             (
                 format!("segment passes (batch {per})"),
@@ -151,15 +139,21 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
                 flops_per_seq(&cfg, ts) * timed as f64,
                 Box::new(|| {
                     for r in &batches {
-                        model.forward(&segs[r.clone()], ts - s.resp, false)?;
+                        model.forward_planned(&segs[r.clone()], ts - s.resp, false, &plan)?;
                     }
                     Ok(())
                 }),
             ),
         ];
         for ((name, tokens, flops, work), kernel) in phases.into_iter().zip(kernels) {
-            let mut r = measure(&s, &device, peak, (ctx, name), (tokens, flops), &work)?;
-            r.attention = kernel;
+            let r = measure(
+                &s,
+                (&device, kernel),
+                peak,
+                (ctx, name),
+                (tokens, flops),
+                &work,
+            )?;
             results.push(r);
         }
         drop(plan);
@@ -194,7 +188,7 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One whole sample measured as `score` runs it ([`crate::passes::score_sample`], the
+/// One whole sample measured as `score` runs it ([`crate::score::passes::score_sample`], the
 /// model as both long and short model): the long pass with the capture, during which the
 /// segment batches' cuDNN graphs are built, the short pass, then the segment passes. Its
 /// response is one token longer than the phases', so every shape is new and each graph is
@@ -238,7 +232,7 @@ fn whole_sample(
         (ctx, name),
         (scores.model_tokens, flops),
         seconds,
-        peak,
+        (peak, model.dispatch().current()),
     ))
 }
 
@@ -250,13 +244,13 @@ impl PhaseResult {
         (ctx, phase): (usize, String),
         (tokens, flops): (usize, f64),
         seconds: f64,
-        peak: f64,
+        (peak, attention): (f64, AttentionKernel),
     ) -> Self {
         Self {
             shape: s.shape,
             ctx,
             phase,
-            attention: crate::model::kernel::current(),
+            attention,
             tokens,
             seconds,
             tokens_per_s: tokens as f64 / seconds,
@@ -274,7 +268,7 @@ type Work<'a> = Box<dyn Fn() -> Result<()> + 'a>;
 /// Times one phase (warm-up, repeats, peak memory, optional per-op profile) and prints it.
 fn measure(
     s: &BenchSettings,
-    device: &Device,
+    (device, kernel): (&Device, AttentionKernel),
     peak: f64,
     (ctx, name): (usize, String),
     (tokens, flops): (usize, f64),
@@ -297,7 +291,7 @@ fn measure(
     let r = PhaseResult {
         peak_mem_gb: peak_bytes.map(|b| b as f64 / 1e9),
         profile: ops,
-        ..PhaseResult::new(s, (ctx, name), (tokens, flops), secs, peak)
+        ..PhaseResult::new(s, (ctx, name), (tokens, flops), secs, (peak, kernel))
     };
     eprintln!(
         "  ctx {ctx:>6}  {:<34} {:>9.0} tok/s {:>7.1} TFLOP/s  MFU {:>5.1}%  {:.3} s  peak {}",
@@ -373,7 +367,7 @@ fn small_samples(
     Ok(vec![
         measure(
             s,
-            device,
+            (device, model.dispatch().current()),
             peak,
             (ctx, format!("{m} small samples, one per batch")),
             (tokens, flops),
@@ -381,7 +375,7 @@ fn small_samples(
         )?,
         measure(
             s,
-            device,
+            (device, model.dispatch().current()),
             peak,
             (ctx, format!("{m} small samples, packed")),
             (tokens, flops),
@@ -393,7 +387,8 @@ fn small_samples(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ModelConfig;
+    use crate::model::{DeviceChoice, ModelConfig};
+    use candle_core::DType;
 
     #[test]
     fn small_sample_phases_time_the_same_work() {
@@ -402,7 +397,7 @@ mod tests {
             num_layers: 1,
             ..shape.config()
         };
-        let m = random_model(&cfg, &Device::Cpu, DType::F32).unwrap();
+        let m = random_model(&cfg, &Device::Cpu, DType::F32, Dispatch::chunked()).unwrap();
         let s = BenchSettings {
             shape,
             contexts: vec![],
@@ -415,7 +410,7 @@ mod tests {
             warmup: 0,
             device: DeviceChoice::Cpu,
             dtype: DType::F32,
-            attention: crate::model::kernel::AttentionKernel::Auto,
+            attention: crate::model::dispatch::AttentionKernel::Auto,
             json: None,
             profile: true,
             small_segments: 3,

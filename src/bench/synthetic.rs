@@ -3,60 +3,35 @@
 //! device's measured matmul rate.
 
 use super::time;
+use crate::model::dispatch::Dispatch;
 use crate::model::{Llama, ModelConfig};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use clap::ValueEnum;
-use serde::Serialize;
 use std::collections::HashMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-pub enum Shape {
-    #[value(name = "llama2-7b")]
-    Llama2_7b,
-    #[value(name = "llama2-13b")]
-    Llama2_13b,
-    #[value(name = "llama3-8b")]
-    Llama3_8b,
-    #[value(name = "smollm2-135m")]
-    Smollm2_135m,
-}
-
-impl Shape {
-    pub fn config(self) -> ModelConfig {
-        // (hidden, inter, layers, heads, kv, vocab, theta)
-        let (d, f, l, h, kv, v, theta) = match self {
-            Shape::Llama2_7b => (4096, 11008, 32, 32, 32, 32000, 10000.0),
-            Shape::Llama2_13b => (5120, 13824, 40, 40, 40, 32000, 10000.0),
-            Shape::Llama3_8b => (4096, 14336, 32, 32, 8, 128256, 500000.0),
-            Shape::Smollm2_135m => (576, 1536, 30, 9, 3, 49152, 100000.0),
-        };
-        ModelConfig {
-            hidden_size: d,
-            intermediate_size: f,
-            vocab_size: v,
-            num_layers: l,
-            num_heads: h,
-            num_kv_heads: kv,
-            head_dim: d / h,
-            rms_norm_eps: 1e-5,
-            rope_theta: theta,
-            rope_scaling: None,
-            max_position_embeddings: 131072,
-            tie_word_embeddings: false,
-            bos_token_id: Some(1),
-            family: crate::model::config::Family::Llama,
-            qkv_bias: false,
-            o_bias: false,
-            qk_norm: false,
-            sliding_window: None,
-        }
-    }
-}
+pub use crate::model::shapes::Shape;
 
 /// Random weights (N(0, 0.02), norms 1) created on the device.
-pub fn random_model(cfg: &ModelConfig, device: &Device, dtype: DType) -> Result<Llama> {
+pub fn random_model(
+    cfg: &ModelConfig,
+    device: &Device,
+    dtype: DType,
+    dispatch: Dispatch,
+) -> Result<Llama> {
+    Llama::load(
+        VarBuilder::from_tensors(random_weights(cfg, device, dtype)?, dtype, device),
+        cfg.clone(),
+        dispatch,
+    )
+}
+
+/// The tensors of [`random_model`], by their checkpoint names.
+pub fn random_weights(
+    cfg: &ModelConfig,
+    device: &Device,
+    dtype: DType,
+) -> Result<HashMap<String, Tensor>> {
     let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
     let (q, kv) = (
         cfg.num_heads * cfg.head_dim,
@@ -87,7 +62,7 @@ pub fn random_model(cfg: &ModelConfig, device: &Device, dtype: DType) -> Result<
         }
     }
     w.insert("model.norm.weight".into(), Tensor::ones(d, dtype, device)?);
-    Llama::load(VarBuilder::from_tensors(w, dtype, device), cfg.clone())
+    Ok(w)
 }
 
 /// FLOPs of one sequence of length t, as the PyTorch anchor counts them: 2 x parameters
@@ -142,7 +117,7 @@ mod tests {
             num_layers: 2,
             ..Shape::Smollm2_135m.config()
         };
-        let m = random_model(&cfg, &Device::Cpu, DType::F32).unwrap();
+        let m = random_model(&cfg, &Device::Cpu, DType::F32, Dispatch::chunked()).unwrap();
         let seq = synthetic(40, cfg.vocab_size, 1);
         let o = m.forward(std::slice::from_ref(&seq), 30, true).unwrap();
         assert_eq!(o.nll[0].len(), 10);

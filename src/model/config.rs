@@ -1,11 +1,10 @@
 //! Model shape, resolved in two stages: the checkpoint's own schema (config.json, see
-//! [`super::hf_config`], or GGUF metadata) becomes one validated [`ModelConfig`].
+//! [`crate::checkpoint::hf_config`], or GGUF metadata) becomes one validated [`ModelConfig`].
 
 use super::rope::Rope;
 pub use super::rope::{Llama3Scaling, RopeScaling, YarnScaling};
 use anyhow::{bail, Result};
 use serde::Serialize;
-use std::path::Path;
 
 /// The decoder families gateau runs through its one forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -91,9 +90,46 @@ impl ModelConfig {
         8 * d + 4 * qkv + width * (d + qkv + 3 * self.intermediate_size as u64)
     }
 
-    /// Reads an HF `config.json`.
-    pub fn from_hf_file(path: &Path) -> Result<Self> {
-        super::hf_config::read(path)
+    /// Refuses token ids outside the vocabulary.
+    pub fn check_vocab<'t>(&self, mut tokens: impl Iterator<Item = &'t u32>) -> Result<()> {
+        if let Some(bad) = tokens.find(|&&x| x as usize >= self.vocab_size) {
+            bail!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                self.vocab_size
+            );
+        }
+        Ok(())
+    }
+
+    /// The batch shape `(B, T)` of equal-length sequences scored from `score_from`, or why
+    /// it cannot be run.
+    pub fn check_batch(&self, tokens: &[Vec<u32>], score_from: usize) -> Result<(usize, usize)> {
+        let b = tokens.len();
+        let t = tokens.first().map_or(0, |s| s.len());
+        if b == 0 || t == 0 {
+            bail!("forward pass over an empty batch");
+        }
+        if tokens.iter().any(|s| s.len() != t) {
+            bail!("a batch must hold sequences of one length");
+        }
+        if score_from == 0 || score_from >= t {
+            bail!("scored positions must start in 1..{t}, got {score_from}");
+        }
+        self.check_window(t)?;
+        self.check_vocab(tokens.iter().flatten())?;
+        Ok((b, t))
+    }
+
+    /// Passes longer than a sliding window would need a banded mask, which no attention
+    /// path here implements: refused rather than scored with the wrong attention.
+    pub fn check_window(&self, len: usize) -> Result<()> {
+        match self.sliding_window {
+            Some(w) if len > w => bail!(
+                "a pass of {len} tokens exceeds the model's sliding window of {w} tokens \
+                 (config.json sliding_window), which gateau does not implement"
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// The RoPE of this model.

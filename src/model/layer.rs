@@ -4,7 +4,7 @@
 //! weights (Qwen3).
 
 use super::config::ModelConfig;
-use super::fused::{self, HeadShape};
+use crate::kernels::fused::{self, HeadShape};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 

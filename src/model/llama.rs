@@ -5,13 +5,14 @@
 //! Layout mirrors HF checkpoints (`model.layers.N.self_attn.q_proj`, ...), so the same code
 //! loads safetensors folders and (renamed, un-permuted) GGUF tensors.
 
-use super::attention::{capture_mass_thd, causal_attention, Plan};
 use super::config::ModelConfig;
-use super::fused::{self, HeadShape, Heads};
-use super::kernel::{fused_available, fused_causal};
+use super::dispatch::{BatchPlan, Dispatch};
+use super::heads::heads_checked;
 use super::layer::Layer;
-use super::packing::{Packing, Span};
-use super::profile::op;
+use super::spans::{Packing, Span};
+use crate::kernels::attention::{capture_mass_thd, causal_attention, Plan};
+use crate::kernels::fused::{self, HeadShape, Heads};
+use crate::kernels::profile::op;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -39,14 +40,20 @@ pub struct Llama {
     device: Device,
     dtype: DType,
     split: bool,
-    /// With bf16 weights on the split path: attention heads in f16 (see `fused::qkv_heads`)
-    /// until one overflows f16's range, then in bf16 for the rest of the run.
-    f16_heads: AtomicBool,
+    /// Which kernel computes the attention outputs (resolved once per run).
+    dispatch: Dispatch,
+    /// With bf16 weights on the split path: attention heads in f16 (see `fused::qkv_heads`);
+    /// a pass whose heads overflow f16's range runs again with bf16 heads, and only that
+    /// pass: the next one starts in f16 again, so no record depends on the samples before it.
+    f16_heads: bool,
+    /// Whether the overflow warning was printed (logging only; it changes no number).
+    warned: AtomicBool,
 }
 
 impl Llama {
-    /// Loads from a VarBuilder laid out like an HF checkpoint.
-    pub fn load(vb: VarBuilder, cfg: ModelConfig) -> Result<Self> {
+    /// Loads from a VarBuilder laid out like an HF checkpoint; attention runs as `dispatch`
+    /// says.
+    pub fn load(vb: VarBuilder, cfg: ModelConfig, dispatch: Dispatch) -> Result<Self> {
         cfg.validate()?;
         let (v, d) = (cfg.vocab_size, cfg.hidden_size);
         let m = vb.pp("model");
@@ -61,8 +68,10 @@ impl Llama {
             vb.get((v, d), "lm_head.weight")?
         };
         Ok(Self {
-            split: fused_available(embed.device(), embed.dtype()),
-            f16_heads: AtomicBool::new(embed.dtype() == DType::BF16),
+            split: dispatch.fused_available(embed.device(), embed.dtype()),
+            f16_heads: embed.dtype() == DType::BF16,
+            warned: AtomicBool::new(false),
+            dispatch,
             device: embed.device().clone(),
             dtype: embed.dtype(),
             cfg,
@@ -73,49 +82,50 @@ impl Llama {
         })
     }
 
-    /// Attention through [`fused_causal`] for the layer outputs with the capture computed on
+    /// Attention through [`Dispatch::causal`] for the layer outputs with the capture computed on
     /// the side (the default where a fused kernel exists), or the chunked kernel doing both.
     pub fn set_split_attention(&mut self, split: bool) {
         self.split = split;
     }
 
-    /// Whether the split path's attention heads are f16 (bf16 weights, no overflow yet).
+    /// Whether the split path's attention heads start in f16 (bf16 weights).
     pub fn f16_heads(&self) -> bool {
-        self.f16_heads.load(Ordering::Relaxed)
+        self.f16_heads
     }
 
-    /// The dtype of the split path's attention heads: f16 while [`Self::f16_heads`], else
-    /// the compute dtype.
+    /// The dtype a pass's attention heads start in on the split path.
     fn heads_dtype(&self) -> DType {
-        match self.f16_heads() {
+        match self.f16_heads {
             true => DType::F16,
             false => self.dtype,
         }
     }
 
     /// Turns the f16 heads off (or back on, for bf16 weights) — for comparisons.
-    pub fn set_f16_heads(&self, on: bool) {
-        self.f16_heads
-            .store(on && self.dtype == DType::BF16, Ordering::Relaxed);
+    pub fn set_f16_heads(&mut self, on: bool) {
+        self.f16_heads = on && self.dtype == DType::BF16;
     }
 
-    /// Announces forward passes of these `(B, T)` shapes about to run on this thread, so
-    /// that the attention kernel is chosen for the whole set (see
-    /// [`super::kernel::plan_batches`]); in effect until the guard drops.
-    pub fn plan_batches(
-        &self,
-        shapes: impl IntoIterator<Item = (usize, usize)>,
-    ) -> super::kernel::PlanGuard {
-        super::kernel::plan_batches(shapes, self.cfg.num_heads, self.cfg.num_layers)
+    /// The attention dispatch this model runs.
+    pub fn dispatch(&self) -> &Dispatch {
+        &self.dispatch
     }
 
-    /// Builds the cuDNN graphs of the shapes announced on this thread (see
-    /// [`super::kernel::prebuild_planned`]), for this model's heads as the split path
-    /// makes them.
-    fn prebuild_planned(&self) {
+    /// The plan for forward passes of these `(B, T)` shapes about to run, so that the
+    /// attention kernel is chosen for the whole set (see [`BatchPlan`]); hand it to
+    /// [`Self::forward_planned`].
+    pub fn plan(&self, shapes: impl IntoIterator<Item = (usize, usize)>) -> BatchPlan {
+        self.dispatch
+            .plan(shapes, self.cfg.num_heads, self.cfg.num_layers)
+    }
+
+    /// Builds the cuDNN graphs of `plan`'s shapes, for this model's heads as the split
+    /// path makes them.
+    fn prebuild(&self, plan: &BatchPlan) {
         if self.split {
             let c = &self.cfg;
-            super::kernel::prebuild_planned(
+            self.dispatch.prebuild(
+                plan,
                 &self.device,
                 self.heads_dtype(),
                 (c.num_heads, c.num_kv_heads, c.head_dim),
@@ -159,61 +169,25 @@ impl Llama {
         fused::rms_norm_to(x, w, self.cfg.rms_norm_eps as f32, self.dtype)
     }
 
-    fn check_vocab<'t>(&self, mut tokens: impl Iterator<Item = &'t u32>) -> Result<()> {
-        if let Some(bad) = tokens.find(|&&x| x as usize >= self.cfg.vocab_size) {
-            bail!(
-                "token id {bad} is outside the model's vocabulary of {}",
-                self.cfg.vocab_size
-            );
-        }
-        Ok(())
-    }
-
-    fn check(&self, tokens: &[Vec<u32>], score_from: usize) -> Result<(usize, usize)> {
-        let b = tokens.len();
-        let t = tokens.first().map_or(0, |s| s.len());
-        if b == 0 || t == 0 {
-            bail!("forward pass over an empty batch");
-        }
-        if tokens.iter().any(|s| s.len() != t) {
-            bail!("a batch must hold sequences of one length");
-        }
-        if score_from == 0 || score_from >= t {
-            bail!("scored positions must start in 1..{t}, got {score_from}");
-        }
-        self.check_window(t)?;
-        self.check_vocab(tokens.iter().flatten())?;
-        Ok((b, t))
-    }
-
-    /// Passes longer than a sliding window would need a banded mask, which no attention
-    /// path here implements: refused rather than scored with the wrong attention.
-    fn check_window(&self, len: usize) -> Result<()> {
-        match self.cfg.sliding_window {
-            Some(w) if len > w => bail!(
-                "a pass of {len} tokens exceeds the model's sliding window of {w} tokens \
-                 (config.json sliding_window), which gateau does not implement"
-            ),
-            _ => Ok(()),
-        }
-    }
-
-    /// Runs `pass` (a trunk and what is computed from it, up to a copy to the host); if
-    /// a layer's f16 heads overflowed, turns them off for this model, saying so once, and
-    /// runs it again with heads in the compute dtype.
-    fn with_heads_checked<T>(&self, pass: impl Fn() -> Result<(T, Vec<Tensor>)>) -> Result<T> {
-        let (out, overflow) = pass()?;
-        if !fused::any_overflow(&overflow)? {
-            return Ok(out);
-        }
-        if self.f16_heads.swap(false, Ordering::Relaxed) {
-            eprintln!(
-                "gateau: warning: attention heads exceeded f16's range (65,504); this model \
-                 runs its attention in {} from here on",
-                self.dtype.as_str()
-            );
-        }
-        Ok(pass()?.0)
+    /// Runs `pass` (a trunk with its heads in the given dtype and what is computed from
+    /// it, up to a copy to the host); if a layer's f16 heads overflowed, runs this pass
+    /// again with heads in the compute dtype (see [`heads_checked`]).
+    fn with_heads_checked<T>(&self, pass: impl Fn(DType) -> Result<(T, Vec<Tensor>)>) -> Result<T> {
+        heads_checked(
+            self.heads_dtype(),
+            self.dtype,
+            pass,
+            |overflow| fused::any_overflow(overflow).map_err(Into::into),
+            || {
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    eprintln!(
+                    "gateau: warning: attention heads exceeded f16's range (65,504) in a pass; \
+                     such passes run again with {} heads",
+                    self.dtype.as_str()
+                );
+                }
+            },
+        )
     }
 
     /// The decoder stack over `ids` laid out as `b` rows of `t` tokens: the final f32
@@ -227,6 +201,7 @@ impl Llama {
         (b, t): (usize, usize),
         packed: Option<&[Span]>,
         capture_from: Option<usize>,
+        (heads_dtype, batch_plan): (DType, &BatchPlan),
     ) -> Result<(Tensor, Option<Tensor>, Vec<Tensor>)> {
         let c = &self.cfg;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
@@ -262,7 +237,6 @@ impl Llama {
         let mut mass: Option<Tensor> = None;
         let dev = &self.device;
         let shape = HeadShape { nh, nkv, hd };
-        let heads_dtype = self.heads_dtype();
         let mut overflow = Vec::new();
         for layer in &self.layers {
             let h = op(dev, "rms_norm", || self.rms_norm(&x, &layer.input_norm))?;
@@ -288,8 +262,8 @@ impl Llama {
                     false => None,
                 };
                 let out = op(dev, "attention", || match &packing {
-                    None => fused_causal(&q, &k, &v),
-                    Some(p) => p.causal_thd(&q, &k, &v),
+                    None => self.dispatch.causal(&q, &k, &v, batch_plan),
+                    Some(p) => p.causal_thd(&q, &k, &v, &self.dispatch),
                 })?;
                 (out.reshape((b, t, nh * hd))?.to_dtype(self.dtype)?, m)
             } else {
@@ -363,7 +337,7 @@ impl Llama {
 
     /// `-log p` of `targets` from their f32 hidden rows `[n, D]` (all the scored rows of a
     /// pass, whatever sequences they belong to), in chunks of logits; one copy to the host.
-    fn nll(&self, hidden: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
+    fn nll(&self, hidden: &Tensor, targets: &[u32], plan: &BatchPlan) -> Result<Vec<f32>> {
         let head32 = self.head32()?;
         let r = targets.len();
         let rows = (LOGIT_BUDGET / self.cfg.vocab_size).max(1);
@@ -378,7 +352,7 @@ impl Llama {
             })?);
             s += n;
         }
-        self.prebuild_planned();
+        self.prebuild(plan);
         Ok(Tensor::cat(&parts, 0)?.to_vec1::<f32>()?)
     }
 
@@ -396,18 +370,31 @@ impl Llama {
         score_from: usize,
         capture: bool,
     ) -> Result<ForwardOutput> {
-        let (b, t) = self.check(tokens, score_from)?;
+        self.forward_planned(tokens, score_from, capture, &BatchPlan::none())
+    }
+
+    /// [`Self::forward`] as one of the passes `plan` was made for (see [`Self::plan`]).
+    pub fn forward_planned(
+        &self,
+        tokens: &[Vec<u32>],
+        score_from: usize,
+        capture: bool,
+        plan: &BatchPlan,
+    ) -> Result<ForwardOutput> {
+        let (b, t) = self.cfg.check_batch(tokens, score_from)?;
         let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
         let r = t - score_from;
         let targets: Vec<u32> = tokens
             .iter()
             .flat_map(|s| s[score_from..].iter().copied())
             .collect();
-        self.with_heads_checked(|| {
+        self.with_heads_checked(|heads| {
             let capture_from = capture.then_some(score_from);
-            let (x, mass, overflow) = self.trunk(&ids, (b, t), None, capture_from)?;
+            let (x, mass, overflow) =
+                self.trunk(&ids, (b, t), None, capture_from, (heads, plan))?;
             let hidden = self.scored_rows(&x, 1, &[(score_from, t)])?;
-            let flat = self.nll(&hidden.reshape((b * r, self.cfg.hidden_size))?, &targets)?;
+            let hidden = hidden.reshape((b * r, self.cfg.hidden_size))?;
+            let flat = self.nll(&hidden, &targets, plan)?;
             let nll = Self::split(flat, std::iter::repeat_n(r, b));
             let attention = match mass {
                 Some(m) => {
@@ -438,7 +425,7 @@ impl Llama {
                     tok.len()
                 );
             }
-            self.check_window(tok.len())?;
+            self.cfg.check_window(tok.len())?;
             spans.push(Span {
                 start,
                 len: tok.len(),
@@ -446,16 +433,18 @@ impl Llama {
             ranges.push((start + from, start + tok.len()));
             start += tok.len();
         }
-        self.check_vocab(seqs.iter().flat_map(|s| s.0.iter()))?;
+        self.cfg.check_vocab(seqs.iter().flat_map(|s| s.0.iter()))?;
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.0.iter().copied()).collect();
         let targets: Vec<u32> = seqs
             .iter()
             .flat_map(|&(tok, from)| tok[from..].iter().copied())
             .collect();
-        let flat = self.with_heads_checked(|| {
-            let (x, _, overflow) = self.trunk(&ids, (1, start), Some(&spans), None)?;
+        let none = BatchPlan::none();
+        let flat = self.with_heads_checked(|heads| {
+            let (x, _, overflow) =
+                self.trunk(&ids, (1, start), Some(&spans), None, (heads, &none))?;
             let hidden = self.scored_rows(&x.squeeze(0)?, 0, &ranges)?;
-            Ok((self.nll(&hidden, &targets)?, overflow))
+            Ok((self.nll(&hidden, &targets, &none)?, overflow))
         })?;
         Ok(Self::split(
             flat,
@@ -467,9 +456,10 @@ impl Llama {
     /// (for inspection and tests; scoring never materializes them all at once).
     pub fn scored_logits(&self, tokens: &[u32], score_from: usize) -> Result<Vec<Vec<f32>>> {
         let seq = [tokens.to_vec()];
-        let (b, t) = self.check(&seq, score_from)?;
-        self.with_heads_checked(|| {
-            let (x, _, overflow) = self.trunk(tokens, (b, t), None, None)?;
+        let (b, t) = self.cfg.check_batch(&seq, score_from)?;
+        let none = BatchPlan::none();
+        self.with_heads_checked(|heads| {
+            let (x, _, overflow) = self.trunk(tokens, (b, t), None, None, (heads, &none))?;
             let hidden = self.scored_rows(&x, 1, &[(score_from, t)])?;
             let logits = self.logits(&hidden.get(0)?, &self.head32()?)?;
             Ok((logits.to_vec2::<f32>()?, overflow))

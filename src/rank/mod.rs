@@ -2,7 +2,6 @@
 //! from, the recipes that combine them, and the methods (GATEAU and baselines) that order
 //! the samples.
 
-pub mod diagnose;
 pub mod normalize;
 pub mod recipe;
 pub mod selection;

@@ -1,0 +1,14 @@
+//! Everything written after ranking: `gateau select` (the subset and its report), the
+//! report.json types, `gateau report` (summary.md and plots), the notes both print,
+//! `inspect`, `compare`, and `eval` with its labeled probe sets. `analysis` reads score
+//! records back and ranks them for all of these.
+
+pub mod analysis;
+pub mod compare;
+pub mod eval;
+pub mod inspect;
+pub mod json;
+pub mod notes;
+pub mod plots;
+pub mod select;
+pub mod summary;
