@@ -68,6 +68,8 @@ pub struct InspectSettings {
     /// The tokenizer's model, the template and max_len: how segments map to text.
     pub model: Option<crate::model::ModelSpec>,
     pub template: crate::template::Template,
+    /// Whether the scores were made with `--template chat`.
+    pub chat: bool,
     pub max_len: Option<usize>,
 }
 
@@ -92,7 +94,9 @@ impl InspectSettings {
             out: a.out.clone(),
             json: a.json,
             model,
-            template: c.template.unwrap_or_default(),
+            template: c.template.as_ref().map(|t| t.strings()).unwrap_or_default(),
+            chat: a.template.or(c.template.map(|t| t.kind()))
+                == Some(crate::chat::TemplateKind::Chat),
             max_len: c.max_len,
         })
     }
@@ -181,7 +185,26 @@ fn add_text(s: &InspectSettings, r: &ScoreRecord, v: &mut View) -> Result<()> {
         }
     };
     let max_len = s.max_len.unwrap_or(usize::MAX);
-    let Ok(t) = crate::template::tokenize(&tok, &s.template, &sample, cfg.bos_token_id, max_len)?
+    let chat = match s.chat {
+        true => match crate::model::chat_template::for_model(spec) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                if !s.rank.quiet {
+                    eprintln!("gateau inspect: no segment text ({e:#})");
+                }
+                return Ok(());
+            }
+        },
+        false => None,
+    };
+    let Ok(t) = crate::chat::tokenize_sample(
+        &tok,
+        &s.template,
+        chat.as_ref(),
+        &sample,
+        cfg.bos_token_id,
+        max_len,
+    )?
     else {
         return Ok(());
     };

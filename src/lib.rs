@@ -10,6 +10,7 @@
 
 pub mod analysis;
 pub mod bench;
+pub mod chat;
 pub mod cli;
 pub mod compare;
 pub mod data;

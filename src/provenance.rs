@@ -175,7 +175,10 @@ impl Fingerprint {
             None => "model".into(),
         };
         write_cache(&cache);
-        let template = hex(xxh64(serde_json::to_string(&s.template)?.as_bytes()));
+        let template = match &s.chat {
+            Some(c) => hex(xxh64(format!("chat:{}", c.text).as_bytes())),
+            None => hex(xxh64(serde_json::to_string(&s.template)?.as_bytes())),
+        };
         let parts = [
             ("gateau", env!("CARGO_PKG_VERSION").to_string()),
             ("long", long),

@@ -10,7 +10,8 @@ use crate::progress::Progress;
 use crate::provenance::Fingerprint;
 use crate::record::{ScoreRecord, Status};
 use crate::settings::{describe, ScoreSettings, ShortSpec};
-use crate::template::{segment_starts, tokenize, TokenizeError, Tokens};
+use crate::chat::tokenize_sample;
+use crate::template::{segment_starts, TokenizeError, Tokens};
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -44,7 +45,7 @@ pub(crate) fn prepare(
             return Ok(Prepared::Failed(r));
         }
     };
-    let t = tokenize(tokenizer, &s.template, &sample, bos, s.max_len)
+    let t = tokenize_sample(tokenizer, &s.template, s.chat.as_ref(), &sample, bos, s.max_len)
         .with_context(|| format!("{} line {}", s.data.display(), raw.number))?;
     Ok(match t {
         Ok(t) => Prepared::Ready(sample, t),

@@ -47,7 +47,7 @@ pub struct ConfigFile {
     pub hmg_term: Option<HmgTerm>,
     pub cam_term: Option<CamTerm>,
     pub fuse: Option<Fuse>,
-    pub template: Option<Template>,
+    pub template: Option<crate::chat::TemplateSetting>,
     pub data: Option<PathBuf>,
     pub scores: Option<Vec<PathBuf>>,
     pub out: Option<PathBuf>,
@@ -139,6 +139,9 @@ pub struct ScoreSettings {
     /// Keep the per-token response NLL of both models in every record.
     pub token_nll: bool,
     pub template: Template,
+    /// `--template chat`: the tokenizer's chat template, which then writes the prompt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat: Option<crate::chat::ChatTemplate>,
     /// The run's [`crate::provenance::Fingerprint`] text, once computed.
     #[serde(skip)]
     pub fingerprint: String,
@@ -303,7 +306,8 @@ impl ScoreSettings {
             phases: p.phases.or(c.phases).unwrap_or(crate::memory::Phases::Auto),
             with_ifd: a.with_ifd || c.with_ifd.unwrap_or(false),
             token_nll: a.token_nll || c.token_nll.unwrap_or(false),
-            template: c.template.unwrap_or_default(),
+            template: c.template.as_ref().map(|t| t.strings()).unwrap_or_default(),
+            chat: None,
             fingerprint: String::new(),
             data,
         };
@@ -317,6 +321,10 @@ impl ScoreSettings {
             &[Named::new("--out", &s.out)],
             &[Named::new("--data", &s.data)],
         )?;
+        let mut s = s;
+        if a.template.or(c.template.map(|t| t.kind())) == Some(crate::chat::TemplateKind::Chat) {
+            s.chat = Some(crate::model::chat_template::for_model(&s.long_spec())?);
+        }
         Ok(s)
     }
 
@@ -628,7 +636,10 @@ mod tests {
         assert_eq!(c.max_segments, Some(500));
         assert_eq!(c.short_rope_theta, Some(2_000_000.0));
         assert_eq!(c.alpha, Some(0.8));
-        assert_eq!(c.template.unwrap(), Template::default());
+        assert_eq!(
+            c.template.unwrap(),
+            crate::chat::TemplateSetting::Strings(Template::default())
+        );
     }
 
     #[test]

@@ -77,14 +77,36 @@ pub fn tokenize(
     bos: Option<u32>,
     max_len: usize,
 ) -> Result<std::result::Result<Tokens, TokenizeError>> {
-    let head = encode(tok, &template.head)?;
-    let mut ctx = encode(tok, &sample.context)?;
     let mid_text = format!(
         "{}{}{}",
         template.instruction_prefix, sample.instruction, template.response_prefix
     );
-    let mid = encode(tok, &mid_text)?;
-    let resp = encode(tok, &sample.response)?;
+    tokenize_pieces(
+        tok,
+        &template.head,
+        &sample.context,
+        &mid_text,
+        &sample.response,
+        bos,
+        max_len,
+    )
+}
+
+/// Encodes the pieces' texts (each without special tokens) and truncates `ctx` to fit
+/// `max_len`: what every template comes down to.
+pub fn tokenize_pieces(
+    tok: &Tokenizer,
+    head: &str,
+    ctx: &str,
+    mid: &str,
+    resp: &str,
+    bos: Option<u32>,
+    max_len: usize,
+) -> Result<std::result::Result<Tokens, TokenizeError>> {
+    let head = encode(tok, head)?;
+    let mut ctx = encode(tok, ctx)?;
+    let mid = encode(tok, mid)?;
+    let resp = encode(tok, resp)?;
     if resp.is_empty() {
         return Ok(Err(TokenizeError::EmptyResponse));
     }

@@ -17,7 +17,7 @@ use crate::score::{
     write_record, Prepared, Tally,
 };
 use crate::settings::{describe, resolve_dtype, ScoreSettings};
-use crate::template::tokenize;
+use crate::chat::tokenize_sample;
 use anyhow::{anyhow, Context, Result};
 use candle_core::Device;
 use rayon::prelude::*;
@@ -128,9 +128,10 @@ fn worker(
         let r = guarded(|| {
             let raw = read_at(&mut file, job)?;
             let sample = parse_line(&raw).map_err(|e| anyhow!("{}", e.reason))?;
-            let t = tokenize(
+            let t = tokenize_sample(
                 &models.long.tokenizer,
                 &s.template,
+                s.chat.as_ref(),
                 &sample,
                 models.long.bos,
                 s.max_len,

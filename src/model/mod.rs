@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod capture;
+pub mod chat_template;
 pub mod config;
 #[cfg(feature = "cudnn")]
 pub mod cudnn;
