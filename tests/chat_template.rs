@@ -206,8 +206,8 @@ fn llama2_inst_template_with_and_without_a_system_turn() {
 #[test]
 fn a_rendering_without_the_user_turn_verbatim_names_the_template() {
     let t = ChatTemplate::new("inline LLaMA-2", LLAMA2, Some("<s>".into()), None).unwrap();
-    // LLaMA-2's template strips the content: a user turn ending in a space is not in P.
-    let e = t.pieces(None, "doc\n\nQ? ", "doc\n\n").unwrap_err().to_string();
+    // LLaMA-2's template strips the content: a user turn ending in a newline is not in P.
+    let e = t.pieces(None, "doc\n\nQ?\n", "doc\n\n").unwrap_err().to_string();
     assert!(e.contains("chat template inline LLaMA-2"), "{e}");
     assert!(e.contains("does not contain the user turn verbatim"), "{e}");
     assert!(e.contains("--template plain"), "{e}");
