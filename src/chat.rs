@@ -177,8 +177,8 @@ impl ChatTemplate {
             .map_err(|e| anyhow!("chat template {}: {e}", self.name))?;
         t.render(Value::from_pairs(ctx)).map_err(|e| {
             anyhow!(
-                "chat template {} failed to render a system + user turn: {e}; fix the \
-                 template, or score with --template plain",
+                "chat template {} failed to render: {e}; fix the template, or score with \
+                 --template plain",
                 self.name
             )
         })
@@ -248,7 +248,9 @@ fn strip_bos<'a>(p: &'a str, bos: Option<&str>) -> &'a str {
 }
 
 /// Tokenizes a sample with the plain template, or with `chat` when given (spec sections
-/// 2 and 2b): `Ok(Err(..))` is a sample-level problem, `Err` a template that cannot serve.
+/// 2 and 2b): `Ok(Err(..))` is a sample-level problem, among them a chat template that
+/// cannot write this sample's prompt (it raised, or changed the user turn); a template
+/// that fails on every sample is refused when it is read ([`crate::model::chat_template`]).
 pub fn tokenize_sample(
     tok: &Tokenizer,
     template: &Template,
@@ -259,10 +261,10 @@ pub fn tokenize_sample(
 ) -> Result<std::result::Result<Tokens, TokenizeError>> {
     match chat {
         None => tokenize(tok, template, sample, bos, max_len),
-        Some(c) => {
-            let p = c.sample_pieces(sample)?;
-            tokenize_pieces(tok, &p.head, &p.ctx, &p.mid, &sample.response, bos, max_len)
-        }
+        Some(c) => match c.sample_pieces(sample) {
+            Ok(p) => tokenize_pieces(tok, &p.head, &p.ctx, &p.mid, &sample.response, bos, max_len),
+            Err(e) => Ok(Err(TokenizeError::Template(format!("{e:#}")))),
+        },
     }
 }
 

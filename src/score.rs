@@ -52,7 +52,7 @@ pub(crate) fn prepare(
         Err(e) => {
             let status = match e {
                 TokenizeError::TooLong { .. } => Status::Skipped,
-                TokenizeError::EmptyResponse => Status::Bad,
+                TokenizeError::EmptyResponse | TokenizeError::Template(_) => Status::Bad,
             };
             let mut r = ScoreRecord::failed(sample.id, sample.line, status, e.to_string());
             r.line_hash = Some(sample.line_hash);

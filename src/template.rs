@@ -44,6 +44,8 @@ pub enum TokenizeError {
     TooLong { min_len: usize, max_len: usize },
     /// The response encodes to no tokens.
     EmptyResponse,
+    /// The chat template cannot write this sample's prompt (`--template chat`).
+    Template(String),
 }
 
 impl std::fmt::Display for TokenizeError {
@@ -54,6 +56,7 @@ impl std::fmt::Display for TokenizeError {
                 "too long: {min_len} tokens without any context, more than --max-len {max_len}"
             ),
             Self::EmptyResponse => write!(f, "empty response: it encodes to no tokens"),
+            Self::Template(why) => write!(f, "{why}"),
         }
     }
 }

@@ -340,3 +340,40 @@ fn template_chat_through_the_binary_equals_the_plain_template_spelling_the_same_
     assert!(stderr(&o).contains("has no chat template"), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+#[test]
+fn a_sample_the_template_cannot_write_is_a_bad_sample_naming_the_template() {
+    let dir = tmp();
+    // Gemma-style: no system role; LLaMA-3-style: the content trimmed.
+    let folder = fixture_with_template(
+        dir.path(),
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{{ bos_token }}[INST] {{ messages[-1]['content'] | trim }} [/INST]",
+    );
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(
+        &data,
+        concat!(
+            r#"{"id":"ok","instruction":"Q?","input":"doc","output":"A."}"#,
+            "\n",
+            r#"{"id":"trimmed","instruction":"Q?\n","input":"doc","output":"A."}"#,
+            "\n",
+            r#"{"id":"system","conversations":[{"from":"system","value":"S"},{"from":"human","value":"doc\n\nQ?"},{"from":"gpt","value":"A."}]}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("o.jsonl");
+    let mut args = score_args(&folder, &data, &out);
+    args.extend(["--template", "chat", "--max-bad", "2"].map(String::from));
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Vec<ScoreRecord> = read_jsonl(&out);
+    assert_eq!(r.len(), 3);
+    assert!(r[0].ppl_long.is_some(), "{:?}", r[0].error);
+    let file = folder.join("tokenizer_config.json").display().to_string();
+    for (bad, why) in [(&r[1], "verbatim"), (&r[2], "System role not supported")] {
+        let e = bad.error.as_deref().unwrap_or_default();
+        assert!(bad.ppl_long.is_none() && e.contains(&file) && e.contains(why), "{e}");
+    }
+}
