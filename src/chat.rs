@@ -16,9 +16,7 @@ use std::sync::Arc;
 use tokenizers::Tokenizer;
 
 /// `--template`: how the prompt around the context is written.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TemplateKind {
     /// "### Input:" + context + "### Instruction:" + instruction + "### Response:" (spec
@@ -154,7 +152,10 @@ impl ChatTemplate {
     /// The template rendered with `messages` = [system] + [user], the generation prompt on.
     pub fn render(&self, system: Option<&str>, user: &str) -> Result<String> {
         let turn = |role: &str, content: &str| {
-            Value::from_pairs([("role", Value::from(role)), ("content", Value::from(content))])
+            Value::from_pairs([
+                ("role", Value::from(role)),
+                ("content", Value::from(content)),
+            ])
         };
         let mut messages = Vec::with_capacity(2);
         if let Some(s) = system {
@@ -332,11 +333,13 @@ mod tests {
         let k: TemplateSetting = serde_json::from_str("\"chat\"").unwrap();
         assert_eq!(k.kind(), TemplateKind::Chat);
         assert_eq!(k.strings(), Template::default());
-        let s: TemplateSetting = serde_json::from_str(
-            r#"{"head":"H","instruction_prefix":"I","response_prefix":"R"}"#,
-        )
-        .unwrap();
-        assert_eq!((s.kind(), s.strings().head), (TemplateKind::Plain, "H".into()));
+        let s: TemplateSetting =
+            serde_json::from_str(r#"{"head":"H","instruction_prefix":"I","response_prefix":"R"}"#)
+                .unwrap();
+        assert_eq!(
+            (s.kind(), s.strings().head),
+            (TemplateKind::Plain, "H".into())
+        );
         let e = serde_json::from_str::<TemplateSetting>("\"chatml\"").unwrap_err();
         assert!(e.to_string().contains("\"plain\", \"chat\""), "{e}");
     }

@@ -1,6 +1,7 @@
 //! `gateau score`: stream the input, run the passes, write one record per sample (flushed
 //! as it goes), resumable and shardable by line number.
 
+use crate::chat::tokenize_sample;
 use crate::data::{parse_line, LineReader, RawLine, Sample};
 use crate::model;
 use crate::models::{two_phase, Models};
@@ -10,7 +11,6 @@ use crate::progress::Progress;
 use crate::provenance::Fingerprint;
 use crate::record::{ScoreRecord, Status};
 use crate::settings::{describe, ScoreSettings, ShortSpec};
-use crate::chat::tokenize_sample;
 use crate::template::{segment_starts, TokenizeError, Tokens};
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
@@ -45,8 +45,15 @@ pub(crate) fn prepare(
             return Ok(Prepared::Failed(r));
         }
     };
-    let t = tokenize_sample(tokenizer, &s.template, s.chat.as_ref(), &sample, bos, s.max_len)
-        .with_context(|| format!("{} line {}", s.data.display(), raw.number))?;
+    let t = tokenize_sample(
+        tokenizer,
+        &s.template,
+        s.chat.as_ref(),
+        &sample,
+        bos,
+        s.max_len,
+    )
+    .with_context(|| format!("{} line {}", s.data.display(), raw.number))?;
     Ok(match t {
         Ok(t) => Prepared::Ready(sample, t),
         Err(e) => {

@@ -7,6 +7,7 @@
 //! then score the rest in any order. Records are written as they finish, each carrying its
 //! line, so `--resume` (which keeps records by line) and `--shard` are unchanged.
 
+use crate::chat::tokenize_sample;
 use crate::data::{parse_line, LineReader, RawLine};
 use crate::model::{self, DeviceChoice};
 use crate::models::Models;
@@ -17,7 +18,6 @@ use crate::score::{
     write_record, Prepared, Tally,
 };
 use crate::settings::{describe, resolve_dtype, ScoreSettings};
-use crate::chat::tokenize_sample;
 use anyhow::{anyhow, Context, Result};
 use candle_core::Device;
 use rayon::prelude::*;

@@ -61,7 +61,11 @@ const SMOL_SYSTEM: &str =
 #[test]
 fn smollm2_gguf_template_renders_chatml_with_its_default_system_turn() {
     let t = for_model(&gguf_spec()).unwrap();
-    assert!(t.name.ends_with("(GGUF tokenizer.chat_template)"), "{}", t.name);
+    assert!(
+        t.name.ends_with("(GGUF tokenizer.chat_template)"),
+        "{}",
+        t.name
+    );
     assert!(t.name.contains("SmolLM2-135M-Instruct"), "{}", t.name);
     // SmolLM2's BOS (id 1) is <|im_start|>, its EOS (id 2) <|im_end|>.
     assert_eq!(t.bos_token.as_deref(), Some("<|im_start|>"));
@@ -96,15 +100,18 @@ fn smollm2_context_tokens_and_segments_sit_where_the_pieces_put_them() {
         r#"{{"messages":[{{"role":"system","content":"Be brief."}},{{"role":"user","content":{}}},{{"role":"assistant","content":"Kappa."}}]}}"#,
         serde_json::to_string(&format!("{c}Which letter follows iota?")).unwrap()
     ));
-    let got = tokenize_sample(&tok, &Template::default(), Some(&t), &s, cfg.bos_token_id, 4096)
-        .unwrap()
-        .unwrap();
-    // The pieces by hand, tokenized on their own.
-    let head = encode(
+    let got = tokenize_sample(
         &tok,
-        "system\nBe brief.<|im_end|>\n<|im_start|>user\n",
+        &Template::default(),
+        Some(&t),
+        &s,
+        cfg.bos_token_id,
+        4096,
     )
+    .unwrap()
     .unwrap();
+    // The pieces by hand, tokenized on their own.
+    let head = encode(&tok, "system\nBe brief.<|im_end|>\n<|im_start|>user\n").unwrap();
     let ctx = encode(&tok, c).unwrap();
     let mid = encode(
         &tok,
@@ -113,7 +120,10 @@ fn smollm2_context_tokens_and_segments_sit_where_the_pieces_put_them() {
     .unwrap();
     let resp = encode(&tok, "Kappa.").unwrap();
     assert_eq!(cfg.bos_token_id, Some(1));
-    assert_eq!((&got.head, &got.ctx, &got.mid, &got.resp), (&head, &ctx, &mid, &resp));
+    assert_eq!(
+        (&got.head, &got.ctx, &got.mid, &got.resp),
+        (&head, &ctx, &mid, &resp)
+    );
     let full = got.full();
     assert_eq!(full[0], 1);
     // <|im_end|> and <|im_start|> are single special tokens inside head and mid.
@@ -207,7 +217,10 @@ fn llama2_inst_template_with_and_without_a_system_turn() {
 fn a_rendering_without_the_user_turn_verbatim_names_the_template() {
     let t = ChatTemplate::new("inline LLaMA-2", LLAMA2, Some("<s>".into()), None).unwrap();
     // LLaMA-2's template strips the content: a user turn ending in a newline is not in P.
-    let e = t.pieces(None, "doc\n\nQ?\n", "doc\n\n").unwrap_err().to_string();
+    let e = t
+        .pieces(None, "doc\n\nQ?\n", "doc\n\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("chat template inline LLaMA-2"), "{e}");
     assert!(e.contains("does not contain the user turn verbatim"), "{e}");
     assert!(e.contains("--template plain"), "{e}");
@@ -218,7 +231,13 @@ fn a_rendering_without_the_user_turn_verbatim_names_the_template() {
     let e = for_model(&folder_spec(&folder)).unwrap_err();
     let e = format!("{e:#}");
     let file = folder.join("tokenizer_config.json");
-    assert!(e.contains(&format!("chat template {} (\"chat_template\")", file.display())), "{e}");
+    assert!(
+        e.contains(&format!(
+            "chat template {} (\"chat_template\")",
+            file.display()
+        )),
+        "{e}"
+    );
     assert!(e.contains("does not contain the user turn verbatim"), "{e}");
 }
 
@@ -233,16 +252,25 @@ fn raise_exception_and_a_missing_template_are_errors_that_say_where() {
     .unwrap();
     assert_eq!(t.render(None, "U").unwrap(), "U");
     let e = t.render(Some("S"), "U").unwrap_err().to_string();
-    assert!(e.contains("chat template inline strict") && e.contains("System role not supported"), "{e}");
+    assert!(
+        e.contains("chat template inline strict") && e.contains("System role not supported"),
+        "{e}"
+    );
     let e = ChatTemplate::new("inline broken", "{% for m in messages %}", None, None)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("chat template inline broken is not a valid Jinja template"), "{e}");
+    assert!(
+        e.contains("chat template inline broken is not a valid Jinja template"),
+        "{e}"
+    );
     // The mistral fixture's tokenizer_config.json has no "chat_template".
     let folder = families().join("mistral");
     let e = for_model(&folder_spec(&folder)).unwrap_err().to_string();
     assert!(e.contains("has no chat template"), "{e}");
-    assert!(e.contains("chat_template.jinja") && e.contains("--template plain"), "{e}");
+    assert!(
+        e.contains("chat_template.jinja") && e.contains("--template plain"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -257,8 +285,14 @@ fn chat_template_jinja_beside_the_tokenizer_is_the_fallback() {
     .unwrap();
     std::fs::write(folder.join("chat_template.jinja"), LLAMA2).unwrap();
     let t = for_model(&folder_spec(&folder)).unwrap();
-    assert_eq!(t.name, folder.join("chat_template.jinja").display().to_string());
-    assert_eq!((t.bos_token.as_deref(), t.eos_token.as_deref()), (Some("<s>"), Some("</s>")));
+    assert_eq!(
+        t.name,
+        folder.join("chat_template.jinja").display().to_string()
+    );
+    assert_eq!(
+        (t.bos_token.as_deref(), t.eos_token.as_deref()),
+        (Some("<s>"), Some("</s>"))
+    );
     assert_eq!(t.render(None, "x").unwrap(), "<s>[INST] x [/INST]");
 }
 
@@ -316,7 +350,11 @@ fn template_chat_through_the_binary_equals_the_plain_template_spelling_the_same_
     let by_plain = score(&folder, &["--config", p(&plain)]);
     let default = score(&folder, &[]);
     assert_eq!(by_flag.len(), 4);
-    for ((a, b), (c, d)) in by_flag.iter().zip(&by_config).zip(by_plain.iter().zip(&default)) {
+    for ((a, b), (c, d)) in by_flag
+        .iter()
+        .zip(&by_config)
+        .zip(by_plain.iter().zip(&default))
+    {
         assert!(a.ppl_long.is_some(), "{:?}", a.error);
         for other in [b, c] {
             assert_eq!(a.n_tokens, other.n_tokens);
@@ -332,12 +370,20 @@ fn template_chat_through_the_binary_equals_the_plain_template_spelling_the_same_
     }
     // A model without a chat template is refused before anything is written.
     let out = dir.path().join("none.jsonl");
-    let mut args = score_args(&families().join("mistral"), &families().join("data.jsonl"), &out);
+    let mut args = score_args(
+        &families().join("mistral"),
+        &families().join("data.jsonl"),
+        &out,
+    );
     args.extend(["--template".to_string(), "chat".to_string()]);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = run(&a);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("has no chat template"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("has no chat template"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!out.exists());
 }
 
@@ -374,6 +420,9 @@ fn a_sample_the_template_cannot_write_is_a_bad_sample_naming_the_template() {
     let file = folder.join("tokenizer_config.json").display().to_string();
     for (bad, why) in [(&r[1], "verbatim"), (&r[2], "System role not supported")] {
         let e = bad.error.as_deref().unwrap_or_default();
-        assert!(bad.ppl_long.is_none() && e.contains(&file) && e.contains(why), "{e}");
+        assert!(
+            bad.ppl_long.is_none() && e.contains(&file) && e.contains(why),
+            "{e}"
+        );
     }
 }

@@ -58,12 +58,18 @@ pub fn for_model(spec: &ModelSpec) -> Result<ChatTemplate> {
     let files = super::model_files(spec)?;
     let gguf = files
         .first()
-        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        })
         .cloned();
     let dir: Option<PathBuf> = match (&spec.tokenizer, &gguf) {
         (Some(t), _) => t.parent().map(Path::to_path_buf),
         (None, Some(_)) => None,
-        (None, None) => files.first().and_then(|c| c.parent()).map(Path::to_path_buf),
+        (None, None) => files
+            .first()
+            .and_then(|c| c.parent())
+            .map(Path::to_path_buf),
     };
     let mut looked = Vec::new();
     let mut found: Option<(String, String)> = None;
@@ -99,7 +105,10 @@ pub fn for_model(spec: &ModelSpec) -> Result<ChatTemplate> {
                 ));
             }
         }
-        looked.push(format!("GGUF key tokenizer.chat_template in {}", g.path.display()));
+        looked.push(format!(
+            "GGUF key tokenizer.chat_template in {}",
+            g.path.display()
+        ));
     }
     let Some((name, text)) = found else {
         bail!(
@@ -111,8 +120,7 @@ pub fn for_model(spec: &ModelSpec) -> Result<ChatTemplate> {
     };
     let (cfg, tok) = describe_model(spec)?;
     let by_id = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i));
-    let special = |key: &str, id: Option<u32>| match tok_config.as_ref().and_then(|c| c.get(key))
-    {
+    let special = |key: &str, id: Option<u32>| match tok_config.as_ref().and_then(|c| c.get(key)) {
         Some(v) => token_string(v),
         None => by_id(id),
     };
@@ -127,16 +135,20 @@ pub fn for_model(spec: &ModelSpec) -> Result<ChatTemplate> {
         special("eos_token", eos_id),
     )?;
     // Fail before any output is written, not on the first sample.
-    t.pieces(None, "gateau probe context\n\ngateau probe question?", "gateau probe context\n\n")
-        .map_err(|e| anyhow!("{e:#} (checked on a probe user turn)"))?;
+    t.pieces(
+        None,
+        "gateau probe context\n\ngateau probe question?",
+        "gateau probe context\n\n",
+    )
+    .map_err(|e| anyhow!("{e:#} (checked on a probe user turn)"))?;
     Ok(t)
 }
 
 /// config.json's `eos_token_id` (the first of a list).
 fn hf_eos_id(config: Option<&PathBuf>) -> Result<Option<u32>> {
     let Some(path) = config else { return Ok(None) };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let v: Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not valid JSON", path.display()))?;
     let id = match v.get("eos_token_id") {
@@ -169,8 +181,11 @@ mod tests {
             {"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]});
         assert_eq!(config_template(&v, f).unwrap().as_deref(), Some("D"));
         assert_eq!(config_template(&json!({}), f).unwrap(), None);
-        let e = config_template(&json!({"chat_template": [{"name": "rag", "template": "R"}]}), f)
-            .unwrap_err();
+        let e = config_template(
+            &json!({"chat_template": [{"name": "rag", "template": "R"}]}),
+            f,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("none named \"default\""), "{e}");
     }
 }
