@@ -364,6 +364,15 @@ fn template_chat_through_the_binary_equals_the_plain_template_spelling_the_same_
             assert_eq!(a.seg_ppl, other.seg_ppl);
             assert_eq!(a.seg_attn, other.seg_attn);
         }
+        // The fingerprint names the template: the chat runs agree, the plain one differs
+        // (so --resume never mixes them).
+        let template_of = |r: &ScoreRecord| {
+            let f = r.fingerprint.clone().unwrap_or_default();
+            f.split(';').find(|kv| kv.starts_with("template=")).map(String::from)
+        };
+        assert!(template_of(a).is_some());
+        assert_eq!(template_of(a), template_of(b));
+        assert_ne!(template_of(a), template_of(c));
         // The default stays the plain "### Input:" template: other prompt, other numbers.
         assert_eq!(a.n_ctx, d.n_ctx);
         assert_ne!(a.n_tokens, d.n_tokens);
