@@ -176,7 +176,10 @@ impl Fingerprint {
         };
         write_cache(&cache);
         let template = match &s.chat {
-            Some(c) => hex(xxh64(format!("chat:{}", c.text).as_bytes())),
+            Some(c) => {
+                let t = format!("chat:{:?}:{:?}:{}", c.bos_token, c.eos_token, c.text);
+                hex(xxh64(t.as_bytes()))
+            }
             None => hex(xxh64(serde_json::to_string(&s.template)?.as_bytes())),
         };
         let parts = [

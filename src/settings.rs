@@ -269,7 +269,7 @@ impl ScoreSettings {
             None => vec![device.clone()],
         };
         let p = &a.passes;
-        let s = Self {
+        let mut s = Self {
             out,
             shard,
             resume: a.resume,
@@ -321,7 +321,6 @@ impl ScoreSettings {
             &[Named::new("--out", &s.out)],
             &[Named::new("--data", &s.data)],
         )?;
-        let mut s = s;
         if a.template.or(c.template.map(|t| t.kind())) == Some(crate::chat::TemplateKind::Chat) {
             s.chat = Some(crate::model::chat_template::for_model(&s.long_spec())?);
         }

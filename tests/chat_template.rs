@@ -368,7 +368,9 @@ fn template_chat_through_the_binary_equals_the_plain_template_spelling_the_same_
         // (so --resume never mixes them).
         let template_of = |r: &ScoreRecord| {
             let f = r.fingerprint.clone().unwrap_or_default();
-            f.split(';').find(|kv| kv.starts_with("template=")).map(String::from)
+            f.split(';')
+                .find(|kv| kv.starts_with("template="))
+                .map(String::from)
         };
         assert!(template_of(a).is_some());
         assert_eq!(template_of(a), template_of(b));
