@@ -128,6 +128,10 @@ fn online(id: &str, repo: &Repo, cache: &Cache) -> Result<HfFiles> {
 fn files(id: &str, source: &Source) -> Result<HfFiles> {
     let config = source.need(id, "config.json")?;
     let tokenizer = source.need(id, "tokenizer.json")?;
+    // Beside it in the snapshot, for --template chat (optional files).
+    for extra in ["tokenizer_config.json", "chat_template.jinja"] {
+        source.get(id, extra)?;
+    }
     let weights = match source.get(id, "model.safetensors.index.json")? {
         Some(index) => {
             let shards = super::shard_names(&index)?;

@@ -1,6 +1,7 @@
 //! Where a model comes from: a local HF folder, a `.gguf` file, or a hub id, resolved to
 //! its files, its configuration and tokenizer, and loaded onto a device as a [`Llama`].
 
+pub mod chat_template;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod hf_config;

@@ -286,6 +286,10 @@ pub struct ScoreArgs {
     /// and `key-gain` (LongPPL-style key tokens).
     #[arg(long)]
     pub token_nll: bool,
+    /// How the prompt around each sample's context is written [default: plain, or the
+    /// config's "template"].
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub template: Option<crate::input::chat::TemplateKind>,
     #[command(flatten)]
     pub models: ModelArgs,
     #[command(flatten)]
@@ -406,6 +410,9 @@ pub struct InspectArgs {
     /// tokenizer.json overriding the model's own.
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
+    /// The template the scores were made with (as in `score`) [default: the config's].
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub template: Option<crate::input::chat::TemplateKind>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -3,6 +3,7 @@
 
 pub mod template;
 
+pub mod chat;
 pub mod hints;
 pub mod reader;
 pub mod sample;

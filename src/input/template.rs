@@ -44,6 +44,8 @@ pub enum TokenizeError {
     TooLong { min_len: usize, max_len: usize },
     /// The response encodes to no tokens.
     EmptyResponse,
+    /// The chat template cannot write this sample's prompt (`--template chat`).
+    Template(String),
 }
 
 impl std::fmt::Display for TokenizeError {
@@ -54,6 +56,7 @@ impl std::fmt::Display for TokenizeError {
                 "too long: {min_len} tokens without any context, more than --max-len {max_len}"
             ),
             Self::EmptyResponse => write!(f, "empty response: it encodes to no tokens"),
+            Self::Template(why) => write!(f, "{why}"),
         }
     }
 }
@@ -77,14 +80,36 @@ pub fn tokenize(
     bos: Option<u32>,
     max_len: usize,
 ) -> Result<std::result::Result<Tokens, TokenizeError>> {
-    let head = encode(tok, &template.head)?;
-    let mut ctx = encode(tok, &sample.context)?;
     let mid_text = format!(
         "{}{}{}",
         template.instruction_prefix, sample.instruction, template.response_prefix
     );
-    let mid = encode(tok, &mid_text)?;
-    let resp = encode(tok, &sample.response)?;
+    tokenize_pieces(
+        tok,
+        &template.head,
+        &sample.context,
+        &mid_text,
+        &sample.response,
+        bos,
+        max_len,
+    )
+}
+
+/// Encodes the pieces' texts (each without special tokens) and truncates `ctx` to fit
+/// `max_len`: what every template comes down to.
+pub fn tokenize_pieces(
+    tok: &Tokenizer,
+    head: &str,
+    ctx: &str,
+    mid: &str,
+    resp: &str,
+    bos: Option<u32>,
+    max_len: usize,
+) -> Result<std::result::Result<Tokens, TokenizeError>> {
+    let head = encode(tok, head)?;
+    let mut ctx = encode(tok, ctx)?;
+    let mid = encode(tok, mid)?;
+    let resp = encode(tok, resp)?;
     if resp.is_empty() {
         return Ok(Err(TokenizeError::EmptyResponse));
     }

@@ -175,7 +175,13 @@ impl Fingerprint {
             None => "model".into(),
         };
         write_cache(&cache);
-        let template = hex(xxh64(serde_json::to_string(&s.template)?.as_bytes()));
+        let template = match &s.chat {
+            Some(c) => {
+                let t = format!("chat:{:?}:{:?}:{}", c.bos_token, c.eos_token, c.text);
+                hex(xxh64(t.as_bytes()))
+            }
+            None => hex(xxh64(serde_json::to_string(&s.template)?.as_bytes())),
+        };
         let parts = [
             ("gateau", env!("CARGO_PKG_VERSION").to_string()),
             ("long", long),

@@ -143,8 +143,26 @@ fn add_text(s: &InspectSettings, r: &ScoreRecord, v: &mut View) -> Result<()> {
         }
     };
     let max_len = s.max_len.unwrap_or(usize::MAX);
-    let Ok(t) =
-        crate::input::template::tokenize(&tok, &s.template, &sample, cfg.bos_token_id, max_len)?
+    let chat = match s.chat {
+        true => match crate::checkpoint::chat_template::for_model(spec) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                if !s.rank.quiet {
+                    eprintln!("gateau inspect: no segment text ({e:#})");
+                }
+                return Ok(());
+            }
+        },
+        false => None,
+    };
+    let Ok(t) = crate::input::chat::tokenize_sample(
+        &tok,
+        &s.template,
+        chat.as_ref(),
+        &sample,
+        cfg.bos_token_id,
+        max_len,
+    )?
     else {
         return Ok(());
     };

@@ -5,7 +5,8 @@
 
 use super::output::Existing;
 use crate::cli::settings::ScoreSettings;
-use crate::input::template::{tokenize, TokenizeError, Tokens};
+use crate::input::chat::tokenize_sample;
+use crate::input::template::{TokenizeError, Tokens};
 use crate::input::{parse_line, LineReader, RawLine, Sample};
 use crate::records::{ScoreRecord, Status};
 use anyhow::{Context, Result};
@@ -36,14 +37,21 @@ pub fn prepare(
             return Ok(Prepared::Failed(r));
         }
     };
-    let t = tokenize(tokenizer, &s.template, &sample, bos, s.max_len)
-        .with_context(|| format!("{} line {}", s.data.display(), raw.number))?;
+    let t = tokenize_sample(
+        tokenizer,
+        &s.template,
+        s.chat.as_ref(),
+        &sample,
+        bos,
+        s.max_len,
+    )
+    .with_context(|| format!("{} line {}", s.data.display(), raw.number))?;
     Ok(match t {
         Ok(t) => Prepared::Ready(sample, t),
         Err(e) => {
             let status = match e {
                 TokenizeError::TooLong { .. } => Status::Skipped,
-                TokenizeError::EmptyResponse => Status::Bad,
+                TokenizeError::EmptyResponse | TokenizeError::Template(_) => Status::Bad,
             };
             let mut r = ScoreRecord::failed(sample.id, sample.line, status, e.to_string());
             r.line_hash = Some(sample.line_hash);

@@ -13,7 +13,7 @@ use super::pair::Models;
 use super::progress::Progress;
 use super::sample::{flush, packer, score_one};
 use crate::cli::settings::{describe, resolve_dtype, ScoreSettings};
-use crate::input::template::tokenize;
+use crate::input::chat::tokenize_sample;
 use crate::input::{parse_line, RawLine};
 use crate::model::dispatch::Dispatch;
 use crate::model::{self, Compute, DeviceChoice};
@@ -131,9 +131,10 @@ fn worker(
         let r = guarded(|| {
             let raw = read_at(&mut file, job)?;
             let sample = parse_line(&raw).map_err(|e| anyhow!("{}", e.reason))?;
-            let t = tokenize(
+            let t = tokenize_sample(
                 &models.long.tokenizer,
                 &s.template,
+                s.chat.as_ref(),
                 &sample,
                 models.long.bos,
                 s.max_len,

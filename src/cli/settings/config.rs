@@ -2,6 +2,8 @@
 //! settings (configs/paper.json).
 
 use crate::cli::DTypeArg;
+use crate::input::chat::TemplateSetting;
+#[cfg(test)]
 use crate::input::template::Template;
 use crate::model::dispatch::AttentionKernel;
 use crate::rank::normalize::{CamNorm, HmgNorm};
@@ -42,7 +44,7 @@ pub struct ConfigFile {
     pub hmg_term: Option<HmgTerm>,
     pub cam_term: Option<CamTerm>,
     pub fuse: Option<Fuse>,
-    pub template: Option<Template>,
+    pub template: Option<TemplateSetting>,
     pub data: Option<PathBuf>,
     pub scores: Option<Vec<PathBuf>>,
     pub out: Option<PathBuf>,
@@ -103,6 +105,9 @@ mod tests {
         assert_eq!(c.max_segments, Some(500));
         assert_eq!(c.short_rope_theta, Some(2_000_000.0));
         assert_eq!(c.alpha, Some(0.8));
-        assert_eq!(c.template.unwrap(), Template::default());
+        assert_eq!(
+            c.template.unwrap(),
+            TemplateSetting::Strings(Template::default())
+        );
     }
 }

@@ -5,6 +5,7 @@ use super::{load_config, need, positive, sibling};
 use crate::checkpoint::ModelSpec;
 use crate::cli::{DTypeArg, MaxBad, Phases, ScoreArgs, Shard};
 use crate::files::{check_outputs, Named};
+use crate::input::chat::{ChatTemplate, TemplateKind};
 use crate::input::template::Template;
 use crate::model::dispatch::AttentionKernel;
 use crate::model::DeviceChoice;
@@ -55,6 +56,9 @@ pub struct ScoreSettings {
     /// Keep the per-token response NLL of both models in every record.
     pub token_nll: bool,
     pub template: Template,
+    /// `--template chat`: the tokenizer's chat template, which then writes the prompt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat: Option<ChatTemplate>,
     /// The run's [`crate::records::provenance::Fingerprint`] text, once computed.
     #[serde(skip)]
     pub fingerprint: String,
@@ -154,7 +158,7 @@ impl ScoreSettings {
             None => vec![device],
         };
         let p = &a.passes;
-        let s = Self {
+        let mut s = Self {
             out,
             shard,
             resume: a.resume,
@@ -188,7 +192,8 @@ impl ScoreSettings {
             phases: p.phases.or(c.phases).unwrap_or(Phases::Auto),
             with_ifd: a.with_ifd || c.with_ifd.unwrap_or(false),
             token_nll: a.token_nll || c.token_nll.unwrap_or(false),
-            template: c.template.unwrap_or_default(),
+            template: c.template.as_ref().map(|t| t.strings()).unwrap_or_default(),
+            chat: None,
             fingerprint: String::new(),
             data,
         };
@@ -202,6 +207,9 @@ impl ScoreSettings {
             &[Named::new("--out", &s.out)],
             &[Named::new("--data", &s.data)],
         )?;
+        if a.template.or(c.template.map(|t| t.kind())) == Some(TemplateKind::Chat) {
+            s.chat = Some(crate::checkpoint::chat_template::for_model(&s.long_spec())?);
+        }
         Ok(s)
     }
 

@@ -4,6 +4,7 @@
 use super::{positive, resolve_dtype, RankSettings};
 use crate::checkpoint::ModelSpec;
 use crate::cli::{BenchArgs, CompareArgs, EvalArgs, InspectArgs, ProbeArgs, ProbeKind};
+use crate::input::chat::TemplateKind;
 use crate::input::template::Template;
 use crate::model::dispatch::AttentionKernel;
 use crate::model::shapes::Shape;
@@ -110,6 +111,8 @@ pub struct InspectSettings {
     /// The tokenizer's model, the template and max_len: how segments map to text.
     pub model: Option<ModelSpec>,
     pub template: Template,
+    /// Whether the scores were made with `--template chat`.
+    pub chat: bool,
     pub max_len: Option<usize>,
 }
 
@@ -134,7 +137,8 @@ impl InspectSettings {
             out: a.out.clone(),
             json: a.json,
             model,
-            template: c.template.unwrap_or_default(),
+            template: c.template.as_ref().map(|t| t.strings()).unwrap_or_default(),
+            chat: a.template.or(c.template.map(|t| t.kind())) == Some(TemplateKind::Chat),
             max_len: c.max_len,
         })
     }
