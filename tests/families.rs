@@ -81,7 +81,7 @@ fn numbers(v: &Value, key: &str) -> Vec<f64> {
 
 /// Compares records with the reference; returns the largest relative errors of
 /// (perplexities, segment attention) and the largest absolute CAS error.
-fn compare(name: &str, got: &[ScoreRecord], want: &[Value]) -> (f64, f64, f64) {
+pub fn compare(name: &str, got: &[ScoreRecord], want: &[Value]) -> (f64, f64, f64) {
     assert_eq!(got.len(), want.len(), "{name}: record count");
     let (mut ppl, mut attn, mut cas) = (0.0f64, 0.0f64, 0.0f64);
     for (r, w) in got.iter().zip(want) {
@@ -119,7 +119,7 @@ fn compare(name: &str, got: &[ScoreRecord], want: &[Value]) -> (f64, f64, f64) {
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The fixture's tokenizer.json with Qwen2's split in front of its byte-level step.
-fn qwen2_split_tokenizer(dir: &Path) -> PathBuf {
+pub fn qwen2_split_tokenizer(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(families().join("qwen2/tokenizer.json")).unwrap();
     let mut t: Value = serde_json::from_str(&text).unwrap();
     t["pre_tokenizer"] = serde_json::json!({

@@ -11,6 +11,9 @@ use tokenizers::Tokenizer;
 const GPT2_REGEX_PRES: &[&str] = &["default", "gpt-2", "gpt2", "smollm"];
 const LLAMA3_PRES: &[&str] = &["llama-bpe", "llama3", "llama-v3"];
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2 and Qwen3 (llama.cpp's `qwen2` pre-tokenizer): as LLaMA-3's, digits one by one.
+const QWEN2_PRES: &[&str] = &["qwen2"];
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// GGUF token types (llama.cpp): 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte.
 const CONTROL: i64 = 3;
@@ -94,20 +97,26 @@ fn gpt2_json(g: &GgufFile, tokens: &[String], types: &[f64]) -> Result<Value> {
         json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
                "use_regex": regex})
     };
+    let split = |regex: &str| {
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated",
+             "invert": false},
+            byte_level(false)]})
+    };
     let pre_tokenizer = if GPT2_REGEX_PRES.contains(&pre) {
         byte_level(true)
     } else if LLAMA3_PRES.contains(&pre) {
-        json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated",
-             "invert": false},
-            byte_level(false)]})
+        split(LLAMA3_REGEX)
+    } else if QWEN2_PRES.contains(&pre) {
+        split(QWEN2_REGEX)
     } else {
         bail!(
-            "{}: GGUF pre-tokenizer {pre:?} is not supported ({} or {}); pass --tokenizer \
+            "{}: GGUF pre-tokenizer {pre:?} is not supported ({}, {} or {}); pass --tokenizer \
              tokenizer.json",
             g.path.display(),
             GPT2_REGEX_PRES.join(", "),
-            LLAMA3_PRES.join(", ")
+            LLAMA3_PRES.join(", "),
+            QWEN2_PRES.join(", ")
         );
     };
     let merges: Vec<Value> = strings(g, "tokenizer.ggml.merges")?
