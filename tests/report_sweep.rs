@@ -61,10 +61,14 @@ fn alpha_sweep_overlap_and_precision_by_hand() {
     let own = top(&eq6(0.8), 3);
     // Alpha 1 ranks by the HMG term alone, alpha 0 by the CAM term alone (softmax keeps
     // the order), the rest by Eq. 6.
-    let by_alpha = |a: f64| match a {
-        x if x == 1.0 => top(&hmp, 3),
-        x if x == 0.0 => top(&cas, 3),
-        x => top(&eq6(x), 3),
+    let by_alpha = |a: f64| {
+        if a == 1.0 {
+            top(&hmp, 3)
+        } else if a == 0.0 {
+            top(&cas, 3)
+        } else {
+            top(&eq6(a), 3)
+        }
     };
     // Label "source": a on even lines.
     let even = |sel: &BTreeSet<u64>| sel.iter().filter(|l| *l % 2 == 0).count() as f64 / 3.0;
