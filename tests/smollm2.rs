@@ -95,7 +95,7 @@ fn gguf_tokenizer_equals_the_reference_tokenizer() {
             pieces += 1;
         }
     }
-    assert!(pieces >= 60);
+    assert!(pieces >= 54); // 18 samples, three pieces each
 }
 
 #[test]
