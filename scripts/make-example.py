@@ -4,7 +4,7 @@ and tests. All text is generated here from the word lists below (written for thi
 same licence as gateau); nothing is copied from elsewhere. Deterministic (fixed seed).
 
 Three kinds of sample, 18 in all (6 each), contexts of 6-9 registry paragraphs, about
-0.7k-1.1k SmolLM2 tokens (small enough to score on a 2-core CPU in about 3 minutes):
+0.8k-1.1k SmolLM2 tokens (small enough to score on a 2-core CPU in about 3 minutes):
 - deep: the answer is a fact stated once, with at least 5 paragraphs (about 600 tokens) after it
   in the context, out of the 512-token short window;
 - tail: the answer is a fact stated in the last paragraph (a short window sees it too);
