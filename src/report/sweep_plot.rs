@@ -117,12 +117,13 @@ pub fn alpha_sweep(path: &Path, w: &AlphaSweep) -> Result<()> {
         ))
         .map_err(&e)?;
     type Get = fn(&crate::report::json::SweepPoint) -> Option<f64>;
-    let series: [(&str, RGBColor, Get); 3] = [
-        ("overlap: shared / k", OVERLAP, |p| p.overlap),
-        ("Jaccard: shared / union", JACCARD, |p| p.jaccard),
-        ("precision (labels)", PRECISION, |p| p.precision),
+    // Overlap thick and underneath: where Jaccard equals it (both 1), both stay visible.
+    let series: [(&str, RGBColor, Get, u32); 3] = [
+        ("overlap: shared / k", OVERLAP, |p| p.overlap, 7),
+        ("Jaccard: shared / union", JACCARD, |p| p.jaccard, 2),
+        ("precision (labels)", PRECISION, |p| p.precision, 3),
     ];
-    for (label, color, get) in series {
+    for (label, color, get, width) in series {
         let v: Vec<(f64, f64)> = w
             .points
             .iter()
@@ -132,12 +133,15 @@ pub fn alpha_sweep(path: &Path, w: &AlphaSweep) -> Result<()> {
             continue;
         }
         chart
-            .draw_series(LineSeries::new(v.clone(), color.stroke_width(3)))
+            .draw_series(LineSeries::new(v.clone(), color.stroke_width(width)))
             .map_err(&e)?
             .label(label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
         chart
-            .draw_series(v.iter().map(|&p| Circle::new(p, 5, color.filled())))
+            .draw_series(
+                v.iter()
+                    .map(|&p| Circle::new(p, 2 + width as i32, color.filled())),
+            )
             .map_err(&e)?;
     }
     chart
