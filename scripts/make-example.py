@@ -3,9 +3,10 @@
 and tests. All text is generated here from the word lists below (written for this project,
 same licence as gateau); nothing is copied from elsewhere. Deterministic (fixed seed).
 
-Three kinds of sample, 24 in all (8 each), contexts of about 1k-3k SmolLM2 tokens (small
-enough to score on a 2-core CPU in minutes):
-- deep: the answer is a fact stated once, in the first half of the context;
+Three kinds of sample, 18 in all (6 each), contexts of 6-9 registry paragraphs, about
+0.8k-1.1k SmolLM2 tokens (small enough to score on a 2-core CPU in about 3 minutes):
+- deep: the answer is a fact stated once, with at least 5 paragraphs (about 600 tokens) after it
+  in the context, out of the 512-token short window;
 - tail: the answer is a fact stated in the last paragraph (a short window sees it too);
 - free: the answer needs no context (general knowledge or writing).
 """
@@ -66,14 +67,14 @@ FREE = [
 
 def main(out):
     samples = []
-    for i in range(24):
+    for i in range(18):
         kind = ["deep", "tail", "free"][i % 3]
-        n = rng.randrange(11, 30)
+        n = rng.randrange(6, 10)
         doc = document(n)
         ctx = "The following pages are taken from the Registry of the Eastmarch Villages.\n\n"
         ctx += "\n\n".join(v["text"] for v in doc)
         if kind == "deep":
-            v = doc[rng.randrange(0, max(1, n // 2))]
+            v = doc[rng.randrange(0, n - 5)]
             q = f"Who is the harbor master of {v['name']}?"
             a = f"The harbor master of {v['name']} is {v['master']}."
         elif kind == "tail":

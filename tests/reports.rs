@@ -24,14 +24,14 @@ const SEGS: [([f64; 2], [f64; 2]); 6] = [
     ([1.0, 1.5], [0.2, 0.3]),
 ];
 
-struct Case {
-    dir: tempfile::TempDir,
-    data: PathBuf,
-    scores: PathBuf,
+pub struct Case {
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub scores: PathBuf,
 }
 
 /// Six scored lines (sources a/b alternating), a bad seventh line.
-fn case(with_alone: bool) -> Case {
+pub fn case(with_alone: bool) -> Case {
     let dir = tmp();
     let data = dir.path().join("data.jsonl");
     let scores = dir.path().join("scores.jsonl");
@@ -63,7 +63,7 @@ fn case(with_alone: bool) -> Case {
     Case { dir, data, scores }
 }
 
-fn args<'a>(c: &'a Case, cmd: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+pub fn args<'a>(c: &'a Case, cmd: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     // These cases check the paper's Eq. 6 numbers, so they name its recipe.
     let mut a = vec![
         cmd,
@@ -79,13 +79,13 @@ fn args<'a>(c: &'a Case, cmd: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     a
 }
 
-fn softmax(x: &[f64]) -> Vec<f64> {
+pub fn softmax(x: &[f64]) -> Vec<f64> {
     let z: f64 = x.iter().map(|v| v.exp()).sum();
     x.iter().map(|v| v.exp() / z).collect()
 }
 
 /// HMP (min-max) and CAS (softmax, cosine) of the six records, written out again.
-fn hmp_cas() -> (Vec<f64>, Vec<f64>) {
+pub fn hmp_cas() -> (Vec<f64>, Vec<f64>) {
     let mm = |x: &[f64]| {
         let lo = x.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -237,7 +237,8 @@ fn report_writes_the_numbers_it_plots() {
     let want = cov / (vh * vc).sqrt();
     assert!((s.hmp_cas.pearson.unwrap() - want).abs() < 1e-9);
     assert_eq!(s.hmp_cas.n, 6);
-    // Four plots, each a PNG of the stated size holding the selected colour.
+    // Six plots, each a PNG of the stated size; the five of the samples hold the selected
+    // and rejected colours (the alpha sweep's are checked in report_sweep).
     let names: Vec<&str> = s.plots.iter().map(|x| x.file.as_str()).collect();
     assert_eq!(
         names,
@@ -245,10 +246,13 @@ fn report_writes_the_numbers_it_plots() {
             "score_hist.png",
             "hmp_cas.png",
             "ppl_short_long.png",
-            "score_length.png"
+            "score_length.png",
+            "score_rank.png",
+            "alpha_sweep.png"
         ]
     );
-    for plot in &s.plots {
+    assert_eq!(names, gateau::cli::settings::REPORT_FILES[2..]);
+    for plot in s.plots.iter().filter(|p| p.file != "alpha_sweep.png") {
         assert_eq!((plot.points, plot.selected_points), (6, 3), "{}", plot.file);
         let (w, h, px) = png_pixels(&dir.join(&plot.file));
         assert_eq!((w, h), (plot.width, plot.height));

@@ -11,6 +11,7 @@ mod hub;
 mod layout;
 mod naive;
 mod packing;
+mod report_sweep;
 mod reports;
 mod score_cli;
 mod select_cli;

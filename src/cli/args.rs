@@ -384,6 +384,18 @@ pub struct ReportArgs {
     /// Bins of the score histogram.
     #[arg(long, value_name = "N", default_value_t = 30)]
     pub bins: usize,
+    /// Field of each --data line that holds its label: adds the precision of every alpha
+    /// to the alpha sweep (as `gateau eval --label-field`).
+    #[arg(long, value_name = "NAME")]
+    pub label_field: Option<String>,
+    /// Label values that count as positive, comma-separated (JSON text for non-strings).
+    #[arg(
+        long,
+        value_name = "VALUES",
+        value_delimiter = ',',
+        default_value = "true"
+    )]
+    pub positive: Vec<String>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -112,7 +112,7 @@ pub struct Ranked {
     /// CAS after null-filling (dataset minimum, or 0 when all are null).
     pub cas_filled: f64,
     pub score: f64,
-    /// 0-based position in score order.
+    /// 0-based position in score order (every output prints it 1-based: `rank + 1`).
     pub rank: usize,
 }
 

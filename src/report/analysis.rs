@@ -66,7 +66,7 @@ impl Analysis {
             .map(|r| {
                 let rec = self.record(r.line);
                 SampleRow {
-                    rank: r.rank,
+                    rank: r.rank + 1,
                     line: r.line,
                     id: rec.id.clone(),
                     selected: r.rank < self.k,

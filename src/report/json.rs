@@ -66,6 +66,7 @@ pub struct DuplicateId {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SampleRow {
+    /// 1-based position in score order (1 = the best), as every output prints it.
     pub rank: usize,
     pub line: u64,
     pub id: Value,
@@ -262,7 +263,39 @@ pub struct Summary {
     /// The ranking's warnings (as `select` prints them).
     #[serde(default)]
     pub diagnostics: crate::report::json::Diagnostics,
+    /// The same recipe and cut at alpha 0, 0.1, ..., 1, against this run's selection.
+    pub alpha_sweep: AlphaSweep,
     pub plots: Vec<PlotFile>,
+}
+
+/// One alpha of the sweep.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SweepPoint {
+    pub alpha: f64,
+    /// Selected here and in the run's own selection, over the selection's size k
+    /// (both selections have k samples); None when k is 0.
+    pub overlap: Option<f64>,
+    /// |A and B| / |A or B| of the two selections; None when k is 0.
+    pub jaccard: Option<f64>,
+    /// Positives among the selected over k (with `report --label-field`); else None.
+    pub precision: Option<f64>,
+}
+
+/// How the selection moves with alpha, the rest of the ranking held fixed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct AlphaSweep {
+    /// The run's own alpha: the selection every overlap is measured against.
+    pub alpha: f64,
+    /// Size of every selection.
+    pub k: usize,
+    /// The label field and positive values precision counts, when given.
+    pub label_field: Option<String>,
+    pub positive: Vec<String>,
+    /// Positives among the scored samples.
+    pub positives: Option<usize>,
+    /// Precision of the run's own selection.
+    pub precision: Option<f64>,
+    pub points: Vec<SweepPoint>,
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Everything written after ranking: `gateau select` (the subset and its report), the
 //! report.json types, `gateau report` (summary.md and plots), the notes both print,
-//! `inspect`, `compare`, and `eval` with its labeled probe sets. `analysis` reads score
-//! records back and ranks them for all of these.
+//! `inspect`, `compare`, `eval` with its labeled probe sets, and the alpha sweep
+//! (`sweep`). `analysis` reads score records back and ranks them for all of these.
 
 pub mod analysis;
 pub mod compare;
@@ -12,3 +12,5 @@ pub mod notes;
 pub mod plots;
 pub mod select;
 pub mod summary;
+pub mod sweep;
+pub mod sweep_plot;

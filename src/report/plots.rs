@@ -18,6 +18,8 @@ pub const REJECTED: RGBColor = RGBColor(70, 110, 180);
 pub const SELECTED: RGBColor = RGBColor(230, 120, 20);
 /// The selection cut.
 pub const CUT: RGBColor = RGBColor(200, 20, 20);
+/// The line y = x.
+pub const DIAGONAL: RGBColor = RGBColor(110, 110, 130);
 
 pub(crate) fn fonts() {
     static ONCE: Once = Once::new();
@@ -45,7 +47,7 @@ pub(crate) fn canvas(path: &Path) -> Result<Area<'_>> {
 }
 
 /// A range around the finite values, padded so points do not sit on the frame.
-fn span(v: impl Iterator<Item = f64>) -> (f64, f64) {
+pub(crate) fn span(v: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = v
         .filter(|x| x.is_finite())
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
@@ -62,7 +64,7 @@ fn span(v: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-fn file(name: &str, points: usize, selected: usize) -> PlotFile {
+pub(crate) fn file(name: &str, points: usize, selected: usize) -> PlotFile {
     PlotFile {
         file: name.into(),
         width: WIDTH,
@@ -154,6 +156,8 @@ macro_rules! scatter_chart {
             .configure_mesh()
             .axis_desc_style(("sans-serif", 18))
             .label_style(("sans-serif", 14))
+            .x_label_formatter(&|v| tick(*v))
+            .y_label_formatter(&|v| tick(*v))
             .x_desc($xd)
             .y_desc($yd)
             .draw()
@@ -161,7 +165,53 @@ macro_rules! scatter_chart {
         for selected in [false, true] {
             chart.draw_series(dots($pts, selected)).map_err($e)?;
         }
+        chart
     }};
+}
+
+/// A tick label: up to four significant digits, no trailing zeros.
+pub fn tick(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let digits = (3 - v.abs().log10().floor() as i32).clamp(0, 12) as usize;
+    let t = format!("{v:.digits$}");
+    if t.contains('.') {
+        t.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        t
+    }
+}
+
+/// Labelled ticks of a log axis over [lo, hi]: 1-2-5 of every decade, or 1-9 where that
+/// gives fewer than three, or five geometric steps on a range narrower than that.
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    if !(lo > 0.0 && hi > lo) {
+        return vec![lo];
+    }
+    let within = |mults: &[f64]| {
+        let (d0, d1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+        (d0..=d1)
+            .flat_map(|d| mults.iter().map(move |m| m * 10f64.powi(d)))
+            .filter(|v| *v >= lo && *v <= hi)
+            .collect::<Vec<f64>>()
+    };
+    let v = within(&[1.0, 2.0, 5.0]);
+    if v.len() >= 3 {
+        return v;
+    }
+    let v = within(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
+    if v.len() >= 3 {
+        return v;
+    }
+    let step = (hi / lo).powf(1.0 / 6.0);
+    (1..6)
+        .map(|i| {
+            let x = lo * step.powi(i);
+            let p = 10f64.powi(x.log10().floor() as i32 - 1);
+            (x / p).round() * p
+        })
+        .collect()
 }
 
 /// A log range around positive values, a tenth wider on each side.
@@ -177,6 +227,8 @@ fn log_span(v: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo / 1.1, hi * 1.1)
 }
 
+/// A scatter plot; `log` draws both axes on a log scale with 1-2-5 ticks and the line
+/// y = x (grey).
 fn scatter(
     path: &Path,
     title: &str,
@@ -189,8 +241,20 @@ fn scatter(
     if log {
         let (x0, x1) = log_span(pts.iter().map(|p| p.0));
         let (y0, y1) = log_span(pts.iter().map(|p| p.1));
-        let (xr, yr) = ((x0..x1).log_scale(), (y0..y1).log_scale());
-        scatter_chart!(&root, &e, title, xd, yd, xr, yr, pts);
+        let xr = (x0..x1).log_scale().with_key_points(log_ticks(x0, x1));
+        let yr = (y0..y1).log_scale().with_key_points(log_ticks(y0, y1));
+        let mut chart = scatter_chart!(&root, &e, title, xd, yd, xr, yr, pts);
+        let (m0, m1) = (x0.max(y0), x1.min(y1));
+        if m0 < m1 {
+            let n = 50;
+            let line = (0..=n).map(|i| {
+                let v = m0 * (m1 / m0).powf(i as f64 / n as f64);
+                (v, v)
+            });
+            chart
+                .draw_series(LineSeries::new(line, DIAGONAL.stroke_width(2)))
+                .map_err(&e)?;
+        }
     } else {
         let (x0, x1) = span(pts.iter().map(|p| p.0));
         let (y0, y1) = span(pts.iter().map(|p| p.1));
@@ -200,7 +264,8 @@ fn scatter(
     Ok(())
 }
 
-/// The four report plots; returns what each drew.
+/// The four plots of the data (the ranking's two are [`crate::report::sweep_plot`]'s);
+/// returns what each drew.
 pub fn draw_all(dir: &Path, pts: &[SampleRow], s: &Summary) -> Result<Vec<PlotFile>> {
     let mut out = Vec::new();
     let sel = |v: &[(f64, f64, bool)]| v.iter().filter(|p| p.2).count();
@@ -232,7 +297,7 @@ pub fn draw_all(dir: &Path, pts: &[SampleRow], s: &Summary) -> Result<Vec<PlotFi
         .collect();
     scatter(
         &dir.join(name),
-        "response perplexity, short vs long model (orange: selected)",
+        "response perplexity, short vs long model (orange: selected, grey: y = x)",
         ("ppl_short (log)", "ppl_long (log)"),
         &v,
         true,
@@ -252,6 +317,7 @@ pub fn draw_all(dir: &Path, pts: &[SampleRow], s: &Summary) -> Result<Vec<PlotFi
         false,
     )?;
     out.push(file(name, v.len(), sel(&v)));
+
     Ok(out)
 }
 
@@ -317,4 +383,24 @@ pub fn segments(path: &Path, title: &str, importance: &[f64], att: &[f64]) -> Re
         .map_err(&e)?;
     root.present().map_err(&e)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_ticks_label_every_range() {
+        assert_eq!(log_ticks(1.5, 40.0), vec![2.0, 5.0, 10.0, 20.0]);
+        // From 0.95 to 3.3: 1-2-5 gives two ticks, so 1-9.
+        assert_eq!(log_ticks(0.95, 3.3), vec![1.0, 2.0, 3.0]);
+        // 11-19 holds no 1-9 multiple: five steps inside the range.
+        let v = log_ticks(11.0, 19.0);
+        assert_eq!(v.len(), 5);
+        assert!(v.iter().all(|x| (11.0..=19.0).contains(x)), "{v:?}");
+        assert_eq!(
+            (tick(20.0), tick(0.5), tick(0.123456)),
+            ("20".into(), "0.5".into(), "0.1235".into())
+        );
+    }
 }

@@ -36,7 +36,7 @@ pub fn run(s: SelectSettings) -> Result<ExitCode> {
         })?;
     }
     if let Some(dir) = &s.report_dir {
-        crate::report::summary::write_dir(r, &a, dir, crate::report::summary::DEFAULT_BINS)?;
+        crate::report::summary::write_dir(r, &a, dir, crate::report::summary::DEFAULT_BINS, None)?;
     }
     if !r.quiet {
         eprint!("{}", human_summary(&report, &s));
@@ -102,7 +102,7 @@ fn human_summary(r: &Report, s: &SelectSettings) -> String {
         let id: String = id.chars().take(20).collect();
         out += &format!(
             "  {:>4}  {:>4}  {:<20} {:.6} {:>+7.3} {:>8} {:>9.3} {:>8.3}\n",
-            row.rank + 1,
+            row.rank,
             row.line,
             id,
             row.score,

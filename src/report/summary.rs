@@ -2,7 +2,7 @@
 //! of a ranked dataset. Every number a plot draws is computed here and written to
 //! summary.json first, so the plots can be checked against it.
 
-use crate::cli::settings::RankSettings;
+use crate::cli::settings::{LabelSpec, RankSettings};
 use crate::rank::normalize::rank as ranks;
 use crate::report::analysis::Analysis;
 pub use crate::report::json::pearson;
@@ -21,6 +21,7 @@ pub fn summarize(
     a: &Analysis,
     pts: &[crate::report::json::SampleRow],
     bins: usize,
+    labels: Option<&LabelSpec>,
 ) -> Result<Summary> {
     let (hx, hy): (Vec<f64>, Vec<f64>) =
         pts.iter().filter_map(|p| p.cas.map(|c| (p.hmp, c))).unzip();
@@ -70,6 +71,7 @@ pub fn summarize(
         sources,
         histogram: Histogram::of(&scores, bins),
         diagnostics: crate::report::notes::diagnose(&a.candidates, &a.ranked, &s.ranking()),
+        alpha_sweep: crate::report::sweep::sweep(s, a, labels)?,
         plots: Vec::new(),
     })
 }
@@ -131,6 +133,7 @@ pub fn markdown(s: &Summary, method: &str) -> String {
             );
         }
     }
+    md += &sweep_table(&s.alpha_sweep);
     md += "\n## Notes\n\n";
     if s.diagnostics.notes.is_empty() {
         md += "No warnings about the ranking's terms.\n";
@@ -145,13 +148,66 @@ pub fn markdown(s: &Summary, method: &str) -> String {
     md
 }
 
-/// Writes summary.json, summary.md and the plots into `dir`.
-pub fn write_dir(s: &RankSettings, a: &Analysis, dir: &Path, bins: usize) -> Result<Summary> {
+/// The alpha sweep as a Markdown table.
+fn sweep_table(w: &crate::report::json::AlphaSweep) -> String {
+    let mut md = format!(
+        "\n## Alpha sweep\n\nThe same recipe and cut (k = {}) at every alpha. Overlap: the \
+         share of this run's selection (alpha {}) that the alpha's selection keeps (shared / \
+         k); Jaccard: shared / union.",
+        w.k, w.alpha
+    );
+    let labeled = w.label_field.is_some();
+    if let Some(f) = &w.label_field {
+        md += &format!(
+            " Precision: samples whose \"{f}\" is {} among the selected ({} positives of all \
+             scored; this run's selection: {}).",
+            w.positive.join(" or "),
+            w.positives.unwrap_or(0),
+            opt(w.precision)
+        );
+    }
+    md += if labeled {
+        "\n\n| alpha | overlap | Jaccard | precision |\n|---|---|---|---|\n"
+    } else {
+        "\n\n| alpha | overlap | Jaccard |\n|---|---|---|\n"
+    };
+    for p in &w.points {
+        let own = if p.alpha == w.alpha {
+            " (this run)"
+        } else {
+            ""
+        };
+        md += &format!(
+            "| {}{own} | {} | {} |",
+            p.alpha,
+            opt(p.overlap),
+            opt(p.jaccard)
+        );
+        if labeled {
+            md += &format!(" {} |", opt(p.precision));
+        }
+        md += "\n";
+    }
+    md
+}
+
+/// Writes summary.json, summary.md and the plots into `dir`; `labels` adds precision to
+/// the alpha sweep.
+pub fn write_dir(
+    s: &RankSettings,
+    a: &Analysis,
+    dir: &Path,
+    bins: usize,
+    labels: Option<&LabelSpec>,
+) -> Result<Summary> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create report folder {}", dir.display()))?;
     let rows = a.rows();
-    let mut summary = summarize(s, a, &rows, bins)?;
+    let mut summary = summarize(s, a, &rows, bins, labels)?;
     summary.plots = crate::report::plots::draw_all(dir, &rows, &summary)?;
+    summary
+        .plots
+        .extend(crate::report::sweep_plot::draw_all(dir, &rows, &summary)?);
     let json = dir.join("summary.json");
     std::fs::write(&json, serde_json::to_string_pretty(&summary)? + "\n")
         .with_context(|| format!("cannot write {}", json.display()))?;
@@ -170,7 +226,7 @@ pub fn run(s: crate::cli::settings::ReportSettings) -> Result<std::process::Exit
         );
     }
     let a = crate::report::analysis::analyse(&s.rank)?;
-    let summary = write_dir(&s.rank, &a, &s.out, s.bins)?;
+    let summary = write_dir(&s.rank, &a, &s.out, s.bins, s.labels.as_ref())?;
     if !s.rank.quiet {
         let c = &summary.counts;
         eprintln!(

@@ -8,7 +8,7 @@ mod score;
 mod tools;
 
 pub use config::{load_config, ConfigFile, PAPER_CONFIG};
-pub use rank::{Keep, RankSettings, ReportSettings, SelectSettings, REPORT_FILES};
+pub use rank::{Keep, LabelSpec, RankSettings, ReportSettings, SelectSettings, REPORT_FILES};
 pub use score::{parse_devices, ScoreSettings, ShortSpec};
 pub use tools::{
     bench_settings, eval_settings, BenchSettings, CompareSettings, EvalSettings, InspectSettings,

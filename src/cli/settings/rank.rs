@@ -12,14 +12,24 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// The files `gateau report` (and `select --report-dir`) writes into its folder.
-pub const REPORT_FILES: [&str; 6] = [
+pub const REPORT_FILES: [&str; 8] = [
     "summary.json",
     "summary.md",
     "score_hist.png",
     "hmp_cas.png",
     "ppl_short_long.png",
     "score_length.png",
+    "score_rank.png",
+    "alpha_sweep.png",
 ];
+
+/// Which field of each --data line holds its label, and which values are positive
+/// (`report --label-field`, as `eval` reads them).
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelSpec {
+    pub field: String,
+    pub positive: Vec<String>,
+}
 
 /// How many samples `select` keeps.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -200,6 +210,8 @@ pub struct ReportSettings {
     pub rank: RankSettings,
     pub out: PathBuf,
     pub bins: usize,
+    /// Labels for the alpha sweep's precision (`--label-field`), if given.
+    pub labels: Option<LabelSpec>,
 }
 
 impl ReportSettings {
@@ -215,6 +227,10 @@ impl ReportSettings {
             rank,
             out,
             bins: positive(a.bins, "--bins")?,
+            labels: a.label_field.clone().map(|field| LabelSpec {
+                field,
+                positive: a.positive.clone(),
+            }),
         })
     }
 }

@@ -74,22 +74,28 @@ fn label_text(v: &Value) -> String {
 
 /// The label of every scored sample, in candidate order.
 fn labels(s: &EvalSettings, a: &Analysis) -> Result<Vec<String>> {
+    read_labels(&s.rank.data, &s.label_field, a)
+}
+
+/// The `field` of every scored sample of `data` as text, in candidate order (also
+/// `gateau report --label-field`).
+pub fn read_labels(data: &std::path::Path, field: &str, a: &Analysis) -> Result<Vec<String>> {
     let wanted: BTreeSet<u64> = a.candidates.iter().map(|c| c.line).collect();
     let mut by_line = BTreeMap::new();
-    for raw in LineReader::open(&s.rank.data)? {
+    for raw in LineReader::open(data)? {
         let raw = raw?;
         if !wanted.contains(&raw.number) {
             continue;
         }
         let v: Value = serde_json::from_slice(&raw.bytes)
-            .with_context(|| format!("{} line {}: not JSON", s.rank.data.display(), raw.number))?;
-        let Some(l) = v.get(&s.label_field) else {
+            .with_context(|| format!("{} line {}: not JSON", data.display(), raw.number))?;
+        let Some(l) = v.get(field) else {
             bail!(
                 "{} line {} has no \"{}\" field: label every sample, or name the field with \
                  --label-field",
-                s.rank.data.display(),
+                data.display(),
                 raw.number,
-                s.label_field
+                field
             );
         };
         by_line.insert(raw.number, label_text(l));
