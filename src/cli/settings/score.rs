@@ -1,6 +1,7 @@
 //! `gateau score`'s settings: data and outputs, the two models and their devices, the
 //! pass sizes.
 
+use super::provenance::{score_sources, Origins, Sources};
 use super::{load_config, need, positive, sibling};
 use crate::checkpoint::ModelSpec;
 use crate::cli::{DTypeArg, MaxBad, Phases, ScoreArgs, Shard};
@@ -62,6 +63,9 @@ pub struct ScoreSettings {
     /// The run's [`crate::records::provenance::Fingerprint`] text, once computed.
     #[serde(skip)]
     pub fingerprint: String,
+    /// Where each value came from (flag, config, built-in), for the settings line.
+    #[serde(skip)]
+    pub sources: Sources,
 }
 
 /// `--devices`: `all`, or a comma-separated list of `N`, `cuda:N` or `cpu`.
@@ -158,6 +162,8 @@ impl ScoreSettings {
             None => vec![device],
         };
         let p = &a.passes;
+        let origins = Origins::read(a.common.config.as_deref());
+        let sources = score_sources(a, &origins, matches!(short, ShortSpec::Window(_)));
         let mut s = Self {
             out,
             shard,
@@ -195,6 +201,7 @@ impl ScoreSettings {
             template: c.template.as_ref().map(|t| t.strings()).unwrap_or_default(),
             chat: None,
             fingerprint: String::new(),
+            sources,
             data,
         };
         if !s.data.is_file() {
