@@ -154,6 +154,26 @@ fn settings_lines_are_short_resolved_and_sourced() {
     ] {
         assert!(line.contains(want), "{want:?} not in {line}");
     }
+    // --verbose adds the full resolved settings as JSON.
+    let o = run(&[
+        "select",
+        "--data",
+        p(&f.data),
+        "--scores",
+        p(&scores),
+        "--out",
+        p(&out),
+        "--top",
+        "2",
+        "--overwrite",
+        "--verbose",
+    ]);
+    let err = stderr(&o);
+    let json = err
+        .lines()
+        .find_map(|l| l.strip_prefix("gateau select: settings "));
+    let json: Value = serde_json::from_str(json.unwrap_or_else(|| panic!("{err}"))).unwrap();
+    assert_eq!(json["keep"], json!({"top": 2}), "{json}");
     // Built-in values say so; gateau's own defaults go unmarked.
     let rep = run(&["report", "--data", p(&f.data), "--scores", p(&scores)]);
     let line = settings_line(&rep, "gateau report: ");

@@ -182,6 +182,9 @@ pub struct CommonArgs {
     /// No progress, settings or summary on stderr; errors are still printed.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Also print every resolved setting as one JSON line after the settings line.
+    #[arg(long, short, conflicts_with = "quiet")]
+    pub verbose: bool,
 }
 
 /// Which models, on which device.

@@ -56,6 +56,9 @@ pub struct RankSettings {
     /// Rank the scored lines even when some lines have no record.
     pub allow_missing: bool,
     pub quiet: bool,
+    /// Also log the resolved settings as JSON.
+    #[serde(skip)]
+    pub verbose: bool,
     /// The --config file read, if any.
     pub config: Option<PathBuf>,
     /// Where each value came from (flag, config, built-in), for the settings line.
@@ -136,6 +139,7 @@ impl RankSettings {
             max_bad: common.max_bad,
             allow_missing: a.allow_missing,
             quiet: common.quiet,
+            verbose: common.verbose,
             config: common.config.clone(),
             sources,
         };

@@ -35,6 +35,9 @@ pub struct ScoreSettings {
     pub strict: bool,
     pub max_bad: MaxBad,
     pub quiet: bool,
+    /// Also log the resolved settings as JSON.
+    #[serde(skip)]
+    pub verbose: bool,
     /// The --config file read, if any (an input the outputs must not be).
     pub config: Option<PathBuf>,
     pub long_model: String,
@@ -172,6 +175,7 @@ impl ScoreSettings {
             strict: a.common.strict,
             max_bad: a.common.max_bad,
             quiet: a.common.quiet,
+            verbose: a.common.verbose,
             config: a.common.config.clone(),
             long_model: need(m.long_model.clone().or(c.long_model), "--long-model")?,
             short,

@@ -1,6 +1,7 @@
 //! The settings line: one short, human line per run, of resolved values only (dtype as
 //! bf16, device as cuda:0, the attention kernel picked), each value that is not gateau's
-//! own default followed by where it came from: (flag), (config FILE), (built-in).
+//! own default followed by where it came from: (flag), (config FILE), (built-in). With
+//! `--verbose`, the full resolved settings follow as one JSON line.
 
 use super::{
     CompareSettings, EvalSettings, InspectSettings, Keep, RankSettings, ReportSettings,
@@ -23,6 +24,14 @@ pub fn device_name(device: &Device) -> String {
         DeviceLocation::Cpu => "cpu".into(),
         DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// The settings line, and with `--verbose` the full resolved settings as JSON after it.
+pub fn with_json<T: serde::Serialize>(line: String, verbose: bool, cmd: &str, s: &T) -> String {
+    match verbose {
+        true => format!("{line}\ngateau {cmd}: settings {}", super::describe(s)),
+        false => line,
     }
 }
 
@@ -92,7 +101,8 @@ impl ScoreSettings {
         if self.resume {
             parts.push("resume".into());
         }
-        format!("gateau score: {}", parts.join(", "))
+        let line = format!("gateau score: {}", parts.join(", "));
+        with_json(line, self.verbose, "score", self)
     }
 }
 
@@ -158,35 +168,44 @@ impl SelectSettings {
         if self.keep_order {
             line += ", keep-order";
         }
-        line + &self.rank.output_phrase(&self.out)
+        line += &self.rank.output_phrase(&self.out);
+        with_json(line, self.rank.verbose, "select", self)
     }
 }
 
 impl ReportSettings {
     pub fn settings_line(&self) -> String {
-        self.rank.settings_line("report") + &self.rank.output_phrase(&self.out)
+        let line = self.rank.settings_line("report") + &self.rank.output_phrase(&self.out);
+        with_json(line, self.rank.verbose, "report", self)
     }
 }
 
 impl InspectSettings {
     pub fn settings_line(&self) -> String {
-        format!("{}, id {}", self.rank.settings_line("inspect"), self.id)
+        let line = format!("{}, id {}", self.rank.settings_line("inspect"), self.id);
+        with_json(line, self.rank.verbose, "inspect", &self.rank)
     }
 }
 
 impl CompareSettings {
     pub fn settings_line(&self) -> String {
-        self.rank.settings_line("compare")
+        with_json(
+            self.rank.settings_line("compare"),
+            self.rank.verbose,
+            "compare",
+            self,
+        )
     }
 }
 
 impl EvalSettings {
     pub fn settings_line(&self) -> String {
-        format!(
+        let line = format!(
             "{}, positive {}={}",
             self.rank.settings_line("eval"),
             self.label_field,
             self.positive.join(",")
-        )
+        );
+        with_json(line, self.rank.verbose, "eval", self)
     }
 }
