@@ -41,7 +41,7 @@ pub fn run(mut s: ScoreSettings) -> Result<ExitCode> {
             eprintln!("gateau: {h}");
         }
         // The kernel choice only steers CUDA passes; on the CPU it would be noise.
-        let attention = device.is_cuda().then(|| dispatch.describe());
+        let attention = device.is_cuda().then_some(&dispatch);
         eprintln!(
             "{}",
             s.settings_line(&device_name(&device), dtype, attention)

@@ -191,7 +191,7 @@ pub fn run(mut s: ScoreSettings) -> Result<std::process::ExitCode> {
     if !s.quiet {
         let on = format!("{} workers: {}", s.devices.len(), names.join(", "));
         let attention = s.devices.iter().any(|d| *d != DeviceChoice::Cpu);
-        let kernel = attention.then(|| dispatch.describe());
+        let kernel = attention.then_some(&dispatch);
         eprintln!("{}", s.settings_line(&on, dtypes[0], kernel));
     }
     let fp = validate(&s, dtypes[0])?;

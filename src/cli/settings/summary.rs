@@ -8,6 +8,7 @@ use super::{
     ScoreSettings, SelectSettings, ShortSpec,
 };
 use crate::cli::Phases;
+use crate::model::dispatch::Dispatch;
 use crate::rank::recipe::value_name;
 use crate::rank::selection::Method;
 use crate::rank::terms::{CamTerm, HmgTerm};
@@ -38,8 +39,14 @@ pub fn with_json<T: serde::Serialize>(line: String, verbose: bool, cmd: &str, s:
 impl ScoreSettings {
     /// `gateau score: long ..., short ..., max-len ..., ...` for the run on `device` (one
     /// name, or several workers') in `dtype`, with the CUDA attention kernel resolved
-    /// (None on the CPU, where there is no choice).
-    pub fn settings_line(&self, device: &str, dtype: DType, attention: Option<&str>) -> String {
+    /// (None on the CPU, where there is no choice). A kernel choice that needs more words
+    /// (auto's split between kernels, why cuDNN is not used) gets a line of its own.
+    pub fn settings_line(
+        &self,
+        device: &str,
+        dtype: DType,
+        attention: Option<&Dispatch>,
+    ) -> String {
         let n = |k: &str| self.sources.note(k);
         let mut parts = vec![format!("long {}{}", self.long_model, n("long_model"))];
         parts.push(match &self.short {
@@ -69,8 +76,13 @@ impl ScoreSettings {
             n("dtype"),
             n("device")
         ));
-        if let Some(k) = attention {
+        let mut detail = String::new();
+        if let Some(d) = attention {
+            let k = d.current().to_string();
             parts.push(format!("attention {k}{}", n("attention")));
+            if d.describe() != k {
+                detail = format!("\ngateau score: attention {}", d.describe());
+            }
         }
         if let Some(b) = self.max_batch_tokens {
             parts.push(format!("batch {b} tokens{}", n("max_batch_tokens")));
@@ -101,7 +113,7 @@ impl ScoreSettings {
         if self.resume {
             parts.push("resume".into());
         }
-        let line = format!("gateau score: {}", parts.join(", "));
+        let line = format!("gateau score: {}{detail}", parts.join(", "));
         with_json(line, self.verbose, "score", self)
     }
 }
