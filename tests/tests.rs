@@ -7,6 +7,7 @@ mod families;
 mod families_gguf;
 mod forward;
 mod gguf;
+mod help;
 mod hub;
 mod layout;
 mod naive;

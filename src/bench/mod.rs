@@ -78,8 +78,10 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
     let attention = dispatch.describe().to_string();
     let peak = matmul_peak(&device, s.dtype)?;
     eprintln!(
-        "gateau bench: {:?} on {device:?} {:?}, attention {attention}: matmul {peak:.1} TFLOP/s",
-        s.shape, s.dtype
+        "gateau bench: {} on {}, {}, attention {attention}: matmul {peak:.1} TFLOP/s",
+        crate::rank::recipe::value_name(s.shape),
+        crate::cli::settings::device_name(&device),
+        crate::cli::settings::dtype_name(s.dtype)
     );
     let model = random_model(&cfg, &device, s.dtype, dispatch)?;
     let budget = s.max_batch_tokens.unwrap_or_else(|| {

@@ -64,7 +64,7 @@ pub struct ProbeArgs {
     /// and its BOS counts against the window.
     #[arg(long, value_name = "MODEL")]
     pub long_model: String,
-    /// tokenizer.json overriding the model's own.
+    /// tokenizer.json overriding the model's own [default: the model's own].
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
     /// Where the probe set goes (JSONL, LongAlign shape, with "label" and the passages'
@@ -166,7 +166,8 @@ pub struct BenchArgs {
 #[derive(Debug, Args, Clone)]
 pub struct CommonArgs {
     /// JSON config file (see configs/); its keys are the long flag names with `_`.
-    /// Built-in defaults are the paper's settings (configs/paper.json); flags win.
+    /// Built-in defaults are the paper's settings (configs/paper.json); flags win
+    /// [default: none, the built-in paper config only].
     #[arg(long, value_name = "FILE", env = "GATEAU_CONFIG")]
     pub config: Option<PathBuf>,
     /// Make the first bad or skipped sample a fatal error (exit 1), and with `score` a
@@ -181,6 +182,9 @@ pub struct CommonArgs {
     /// No progress, settings or summary on stderr; errors are still printed.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Also print every resolved setting as one JSON line after the settings line.
+    #[arg(long, short, conflicts_with = "quiet")]
+    pub verbose: bool,
 }
 
 /// Which models, on which device.
@@ -189,29 +193,36 @@ pub struct CommonArgs {
 pub struct ModelArgs {
     /// Long-window model B: a folder with config.json + safetensors + tokenizer.json, a
     /// .gguf file, or a Hugging Face hub id (read from the local cache when HF_HUB_OFFLINE=1).
+    /// Without --long-model and --short-model (or a --config naming them), gateau scores
+    /// with the paper's two 7B hub models: THUDM/LongAlign-7B-64k-base (long) and
+    /// NousResearch/Llama-2-7b-hf (short, RoPE base 2000000)
+    /// [default: THUDM/LongAlign-7B-64k-base (built-in paper config)].
     #[arg(long, value_name = "MODEL")]
     pub long_model: Option<String>,
-    /// Short-window model A as a separate checkpoint (same forms as --long-model).
+    /// Short-window model A as a separate checkpoint (same forms as --long-model)
+    /// [default: NousResearch/Llama-2-7b-hf (built-in paper config)].
     #[arg(long, value_name = "MODEL", conflicts_with = "short_window")]
     pub short_model: Option<String>,
-    /// RoPE base for --short-model, so it can read the whole sample (paper: 2000000).
+    /// RoPE base for --short-model, so it can read the whole sample
+    /// [default: 2000000 (built-in paper config)].
     #[arg(long, value_name = "THETA")]
     pub short_rope_theta: Option<f64>,
     /// Self-homologous mode: model A is model B reading only the last W tokens of the
-    /// prompt before the response.
+    /// prompt before the response [default: off, model A is --short-model].
     #[arg(long, value_name = "W")]
     pub short_window: Option<usize>,
-    /// tokenizer.json overriding the models' own tokenizer (GGUF metadata or folder).
+    /// tokenizer.json overriding the models' own tokenizer (GGUF metadata or folder)
+    /// [default: the model's own].
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
     /// Where the models run: auto (CUDA when built in and present, else CPU), cpu, cuda,
-    /// cuda:N.
+    /// cuda:N [default: auto].
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<DeviceChoice>,
     /// Score on several devices at once: one worker per device in this process, each with
     /// its own copy of the models, samples handed out longest first; one output file.
     /// A comma-separated list (0,1,3 or cuda:0,cuda:1; cpu for a CPU worker) or `all`
-    /// (every CUDA device).
+    /// (every CUDA device) [default: one worker, on --device].
     #[arg(long, value_name = "LIST", conflicts_with = "device")]
     pub devices: Option<String>,
     /// Compute dtype of the weights and activations [default: bf16 on CUDA, f32 on CPU].
@@ -229,13 +240,15 @@ pub struct ModelArgs {
 #[derive(Debug, Args, Clone)]
 #[command(next_help_heading = "Passes")]
 pub struct PassArgs {
-    /// Longest sample in tokens; longer contexts lose tokens from their start.
+    /// Longest sample in tokens; longer contexts lose tokens from their start
+    /// [default: 64000 (built-in paper config)].
     #[arg(long, value_name = "TOKENS")]
     pub max_len: Option<usize>,
-    /// CAM segment length L in tokens.
+    /// CAM segment length L in tokens [default: 128 (built-in paper config)].
     #[arg(long, value_name = "TOKENS")]
     pub segment_len: Option<usize>,
-    /// Most segments per sample (evenly spaced when there are more).
+    /// Most segments per sample (evenly spaced when there are more)
+    /// [default: 500 (built-in paper config)].
     #[arg(long, value_name = "N")]
     pub max_segments: Option<usize>,
     /// Most tokens in one batched segment pass [default: from the free GPU memory after
@@ -249,7 +262,8 @@ pub struct PassArgs {
     #[arg(long, value_name = "TOKENS")]
     pub pack_below: Option<usize>,
     /// auto: both models stay on the GPU when they and a --max-len pass fit, else two
-    /// phases (the short model over every sample, then the long model); one; two.
+    /// phases (the short model over every sample, then the long model); one; two
+    /// [default: auto].
     #[arg(long, value_enum)]
     pub phases: Option<Phases>,
 }
@@ -259,7 +273,8 @@ pub struct ScoreArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Input JSONL: LongAlign {"messages": [...]}, Alpaca {"instruction","input","output"}
-    /// or {"context","instruction","response"}; one sample per line.
+    /// or {"context","instruction","response"}; one sample per line [default: the config's
+    /// "data"; required without one].
     #[arg(long, value_name = "FILE")]
     pub data: Option<PathBuf>,
     /// Output JSONL of score records [default: DATA with .scores.jsonl, or
@@ -267,7 +282,7 @@ pub struct ScoreArgs {
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Score only lines with line % N == I (0-based), for N processes, GPUs or a Slurm
-    /// array sharing one input.
+    /// array sharing one input [default: every line].
     #[arg(long, value_name = "I/N")]
     pub shard: Option<Shard>,
     /// Continue an interrupted run: keep the records already in --out (a half-written last
@@ -303,13 +318,16 @@ pub struct RankArgs {
     /// Score files from `gateau score` (several for shards) [default: DATA's .scores.jsonl].
     #[arg(long, value_name = "FILE", num_args = 1..)]
     pub scores: Vec<PathBuf>,
-    /// The input JSONL the scores were computed on.
+    /// The input JSONL the scores were computed on [default: the config's "data"; required
+    /// without one].
     #[arg(long, value_name = "FILE")]
     pub data: Option<PathBuf>,
-    /// Fraction of the scored samples to keep: ceil(ratio x n).
+    /// Fraction of the scored samples to keep: ceil(ratio x n)
+    /// [default: 0.3 (built-in paper config)].
     #[arg(long, value_name = "R", conflicts_with = "top")]
     pub ratio: Option<f64>,
-    /// Keep exactly this many samples (or all scored ones, if fewer).
+    /// Keep exactly this many samples (or all scored ones, if fewer) [default: off, --ratio
+    /// decides].
     #[arg(long, value_name = "N")]
     pub top: Option<usize>,
     /// What ranks the samples: gateau (Eq. 6), hmg (alpha = 1), cam (alpha = 0), ppl
@@ -317,13 +335,16 @@ pub struct RankArgs {
     /// `gateau score --with-ifd`) [default: gateau].
     #[arg(long, value_enum)]
     pub method: Option<Method>,
-    /// Weight of HMG against CAM: score = alpha softmax(HMP) + (1 - alpha) softmax(CAS).
+    /// Weight of HMG against CAM: score = alpha softmax(HMP) + (1 - alpha) softmax(CAS)
+    /// [default: 0.8 (built-in paper config)].
     #[arg(long, value_name = "A")]
     pub alpha: Option<f64>,
-    /// Normalization of the perplexities across the dataset before HMP = N(short) - N(long).
+    /// Normalization of the perplexities across the dataset before HMP = N(short) - N(long)
+    /// [default: minmax (built-in paper config)].
     #[arg(long, value_enum)]
     pub hmg_norm: Option<HmgNorm>,
-    /// Normalization of segment perplexities and attention within a sample before CAS.
+    /// Normalization of segment perplexities and attention within a sample before CAS
+    /// [default: softmax (built-in paper config)].
     #[arg(long, value_enum)]
     pub cam_norm: Option<CamNorm>,
     /// How GATEAU's score is built: score = alpha F(HMG term) + (1 - alpha) F(CAM term).
@@ -361,10 +382,11 @@ pub struct SelectArgs {
     /// Write the selected lines in input order instead of score order.
     #[arg(long)]
     pub keep_order: bool,
-    /// JSON report: counts, score statistics, cut-off, every bad or skipped sample.
+    /// JSON report: counts, score statistics, cut-off, every bad or skipped sample, and the
+    /// full resolved settings [default: none].
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Also write the plots and summary of `gateau report` into this folder.
+    /// Also write the plots and summary of `gateau report` into this folder [default: none].
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
     /// Replace an existing --out, --report or --report-dir summary instead of refusing.
@@ -408,18 +430,18 @@ pub struct InspectArgs {
     /// picks the string 7 over the number 7).
     #[arg(long, value_name = "ID")]
     pub id: String,
-    /// Draw the segment view into this PNG instead of the terminal.
+    /// Draw the segment view into this PNG [default: none, the terminal view].
     #[arg(long, value_name = "FILE.png")]
     pub out: Option<PathBuf>,
     /// Print the sample's numbers as one JSON object instead of the terminal view.
     #[arg(long)]
     pub json: bool,
     /// The scoring model (as in `score`): its tokenizer cuts the context into the
-    /// segments, so their text can be shown [default: the config's long_model; without
-    /// one, segments are shown by number only].
+    /// segments, so their text can be shown [default: THUDM/LongAlign-7B-64k-base (built-in
+    /// paper config); with a config's "long_model": null, segments are shown by number only].
     #[arg(long, value_name = "MODEL")]
     pub long_model: Option<String>,
-    /// tokenizer.json overriding the model's own.
+    /// tokenizer.json overriding the model's own [default: the model's own].
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
     /// The template the scores were made with (as in `score`) [default: the config's].

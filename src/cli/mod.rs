@@ -2,6 +2,7 @@
 //! to the config file, then to the built-in paper settings (see `settings`).
 
 pub mod args;
+mod help_check;
 pub mod settings;
 pub mod values;
 

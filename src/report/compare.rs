@@ -1,7 +1,7 @@
 //! `gateau compare`: how much the selections of the different methods overlap at one ratio
 //! (Jaccard |A n B| / |A u B| of the selected sets).
 
-use crate::cli::settings::{describe, CompareSettings, RankSettings};
+use crate::cli::settings::{CompareSettings, RankSettings};
 use crate::rank::selection::Method;
 use crate::report::analysis::analyse;
 use anyhow::{Context, Result};
@@ -90,7 +90,7 @@ pub fn table(c: &Comparison) -> String {
 pub fn run(cs: CompareSettings) -> Result<ExitCode> {
     let (s, json) = (&cs.rank, &cs.json);
     if !s.quiet {
-        eprintln!("gateau compare: settings {}", describe(s));
+        eprintln!("{}", cs.settings_line());
     }
     let c = compare(s)?;
     print!("{}", table(&c));

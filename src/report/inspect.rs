@@ -1,7 +1,7 @@
 //! `gateau inspect`: one sample's segment view (IS and ATT along the context) with its
 //! HMP, CAS, score and rank, as a terminal sparkline, JSON, or a PNG.
 
-use crate::cli::settings::{describe, RankSettings};
+use crate::cli::settings::RankSettings;
 use crate::rank::normalize::cam_norm;
 use crate::records::{ScoreRecord, Status};
 use crate::report::analysis::{analyse, Analysis};
@@ -287,7 +287,7 @@ fn clip(t: &str, n: usize) -> String {
 
 pub fn run(s: InspectSettings) -> Result<ExitCode> {
     if !s.rank.quiet {
-        eprintln!("gateau inspect: settings {}", describe(&s.rank));
+        eprintln!("{}", s.settings_line());
     }
     let a = analyse(&s.rank)?;
     let Some(r) = find(&a, &s.id) else {

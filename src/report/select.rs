@@ -1,7 +1,7 @@
 //! `gateau select`: read score records (one or more shard files), rank them across the
 //! dataset, write the selected input lines byte for byte, and report.
 
-use crate::cli::settings::{describe, SelectSettings};
+use crate::cli::settings::SelectSettings;
 use crate::rank::selection::Ranked;
 use crate::report::analysis::{analyse, Analysis};
 use crate::report::json::Report;
@@ -24,7 +24,7 @@ fn read_line_at(f: &mut File, (off, len): (u64, usize)) -> Result<Vec<u8>> {
 pub fn run(s: SelectSettings) -> Result<ExitCode> {
     let r = &s.rank;
     if !r.quiet {
-        eprintln!("gateau select: settings {}", describe(&s));
+        eprintln!("{}", s.settings_line());
     }
     let a = analyse(r)?;
     write_selection(&s, &a.ranked[..a.k], &a.offsets)?;

@@ -220,10 +220,7 @@ pub fn write_dir(
 /// `gateau report`.
 pub fn run(s: crate::cli::settings::ReportSettings) -> Result<std::process::ExitCode> {
     if !s.rank.quiet {
-        eprintln!(
-            "gateau report: settings {}",
-            crate::cli::settings::describe(&s)
-        );
+        eprintln!("{}", s.settings_line());
     }
     let a = crate::report::analysis::analyse(&s.rank)?;
     let summary = write_dir(&s.rank, &a, &s.out, s.bins, s.labels.as_ref())?;

@@ -12,7 +12,7 @@ pub mod sample;
 pub mod two_phase;
 pub mod workers;
 
-use crate::cli::settings::{describe, resolve_dtype, ScoreSettings};
+use crate::cli::settings::{device_name, resolve_dtype, ScoreSettings};
 use crate::model::dispatch::Dispatch;
 use crate::model::{self, Compute, ModelConfig};
 use anyhow::{Context, Result};
@@ -40,20 +40,19 @@ pub fn run(mut s: ScoreSettings) -> Result<ExitCode> {
         if let Some(h) = hint {
             eprintln!("gateau: {h}");
         }
+        // The kernel choice only steers CUDA passes; on the CPU it would be noise.
+        let attention = device.is_cuda().then_some(&dispatch);
         eprintln!(
-            "gateau score: settings {}; long model {}",
-            describe(&s),
+            "{}",
+            s.settings_line(&device_name(&device), dtype, attention)
+        );
+        eprintln!(
+            "gateau score: long model {}",
             crate::score::pair::context_phrase(&long_cfg)
         );
         if let Some(w) = context_warning {
             eprintln!("gateau score: warning: {w}");
         }
-        // The kernel choice only steers CUDA passes; on the CPU it would be noise.
-        let attention = match device.is_cuda() {
-            true => format!(", attention {}", dispatch.describe()),
-            false => String::new(),
-        };
-        eprintln!("gateau score: device {device:?}, dtype {dtype:?}{attention}");
     }
     let started = Instant::now();
     let fp = validate(&s, dtype)?;

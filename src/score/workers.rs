@@ -12,7 +12,7 @@ use super::output::{emit, report, summarize, validate, write_record, Existing, T
 use super::pair::Models;
 use super::progress::Progress;
 use super::sample::{flush, packer, score_one};
-use crate::cli::settings::{describe, resolve_dtype, ScoreSettings};
+use crate::cli::settings::{resolve_dtype, ScoreSettings};
 use crate::input::chat::tokenize_sample;
 use crate::input::{parse_line, RawLine};
 use crate::model::dispatch::Dispatch;
@@ -168,15 +168,6 @@ pub fn run(mut s: ScoreSettings) -> Result<std::process::ExitCode> {
     }
     let dispatch = Dispatch::resolve(s.attention)?;
     let names: Vec<String> = s.devices.iter().map(|d| d.to_string()).collect();
-    if !s.quiet {
-        eprintln!("gateau score: settings {}", describe(&s));
-        eprintln!(
-            "gateau score: {} workers on {}, attention {}",
-            s.devices.len(),
-            names.join(", "),
-            dispatch.describe()
-        );
-    }
     let started = Instant::now();
     // One fingerprint for every record: the workers must compute in one dtype.
     let mut dtypes = Vec::new();
@@ -196,6 +187,12 @@ pub fn run(mut s: ScoreSettings) -> Result<std::process::ExitCode> {
              CPU by default), and the records would not be comparable; pass --dtype",
             names.join(",")
         );
+    }
+    if !s.quiet {
+        let on = format!("{} workers: {}", s.devices.len(), names.join(", "));
+        let attention = s.devices.iter().any(|d| *d != DeviceChoice::Cpu);
+        let kernel = attention.then_some(&dispatch);
+        eprintln!("{}", s.settings_line(&on, dtypes[0], kernel));
     }
     let fp = validate(&s, dtypes[0])?;
     s.fingerprint = fp.text.clone();

@@ -3,13 +3,17 @@
 //! kind of subcommand; every driver receives its typed settings and nothing else.
 
 mod config;
+pub mod provenance;
 mod rank;
 mod score;
+mod summary;
 mod tools;
 
 pub use config::{load_config, ConfigFile, PAPER_CONFIG};
+pub use provenance::{Source, Sources};
 pub use rank::{Keep, LabelSpec, RankSettings, ReportSettings, SelectSettings, REPORT_FILES};
 pub use score::{parse_devices, ScoreSettings, ShortSpec};
+pub use summary::{device_name, dtype_name};
 pub use tools::{
     bench_settings, eval_settings, BenchSettings, CompareSettings, EvalSettings, InspectSettings,
     ProbeRun, ProbeSettings,
@@ -59,7 +63,8 @@ pub fn resolve_dtype(d: Option<DTypeArg>, device: &candle_core::Device) -> candl
     }
 }
 
-/// For logs: the resolved settings as one JSON line.
+/// The resolved settings as one JSON line (the settings lines are the human form; the
+/// full JSON is what `select --report` and `summary.json` keep).
 pub fn describe<T: Serialize>(s: &T) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }

@@ -1,6 +1,7 @@
 //! The settings of the subcommands that rank score records: which records, on which
 //! input, ranked how, kept how many (select, report, inspect, compare, eval).
 
+use super::provenance::{rank_sources, Origins, Sources};
 use super::{load_config, need, positive, sibling, ConfigFile};
 use crate::cli::{CommonArgs, MaxBad, RankArgs, ReportArgs, SelectArgs};
 use crate::files::{check_new, check_outputs, Named};
@@ -65,8 +66,14 @@ pub struct RankSettings {
     /// Rank the scored lines even when some lines have no record.
     pub allow_missing: bool,
     pub quiet: bool,
+    /// Also log the resolved settings as JSON.
+    #[serde(skip)]
+    pub verbose: bool,
     /// The --config file read, if any.
     pub config: Option<PathBuf>,
+    /// Where each value came from (flag, config, built-in), for the settings line.
+    #[serde(skip)]
+    pub sources: Sources,
 }
 
 impl RankSettings {
@@ -120,6 +127,8 @@ impl RankSettings {
                 );
             }
         }
+        let origins = Origins::read(common.config.as_deref());
+        let sources = rank_sources(a, &origins, c.top.is_some());
         let s = Self {
             data,
             scores,
@@ -140,7 +149,9 @@ impl RankSettings {
             max_bad: common.max_bad,
             allow_missing: a.allow_missing,
             quiet: common.quiet,
+            verbose: common.verbose,
             config: common.config.clone(),
+            sources,
         };
         Ok((s, c))
     }
@@ -171,7 +182,9 @@ pub struct SelectSettings {
 
 impl SelectSettings {
     pub fn resolve(a: &SelectArgs) -> Result<Self> {
-        let (rank, c) = RankSettings::resolve(&a.rank, &a.common)?;
+        let (mut rank, c) = RankSettings::resolve(&a.rank, &a.common)?;
+        let origins = Origins::read(a.common.config.as_deref());
+        rank.sources.set("out", origins.of("out", a.out.is_some()));
         let out = a
             .out
             .clone()
@@ -216,7 +229,10 @@ pub struct ReportSettings {
 
 impl ReportSettings {
     pub fn resolve(a: &ReportArgs) -> Result<Self> {
-        let (rank, c) = RankSettings::resolve(&a.rank, &a.common)?;
+        let (mut rank, c) = RankSettings::resolve(&a.rank, &a.common)?;
+        let origins = Origins::read(a.common.config.as_deref());
+        rank.sources
+            .set("out", origins.of("report_dir", a.out.is_some()));
         let out = a
             .out
             .clone()

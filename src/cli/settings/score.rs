@@ -1,6 +1,7 @@
 //! `gateau score`'s settings: data and outputs, the two models and their devices, the
 //! pass sizes.
 
+use super::provenance::{score_sources, Origins, Sources};
 use super::{load_config, need, positive, sibling};
 use crate::checkpoint::ModelSpec;
 use crate::cli::{DTypeArg, MaxBad, Phases, ScoreArgs, Shard};
@@ -34,6 +35,9 @@ pub struct ScoreSettings {
     pub strict: bool,
     pub max_bad: MaxBad,
     pub quiet: bool,
+    /// Also log the resolved settings as JSON.
+    #[serde(skip)]
+    pub verbose: bool,
     /// The --config file read, if any (an input the outputs must not be).
     pub config: Option<PathBuf>,
     pub long_model: String,
@@ -62,6 +66,9 @@ pub struct ScoreSettings {
     /// The run's [`crate::records::provenance::Fingerprint`] text, once computed.
     #[serde(skip)]
     pub fingerprint: String,
+    /// Where each value came from (flag, config, built-in), for the settings line.
+    #[serde(skip)]
+    pub sources: Sources,
 }
 
 /// `--devices`: `all`, or a comma-separated list of `N`, `cuda:N` or `cpu`.
@@ -158,6 +165,8 @@ impl ScoreSettings {
             None => vec![device],
         };
         let p = &a.passes;
+        let origins = Origins::read(a.common.config.as_deref());
+        let sources = score_sources(a, &origins, matches!(short, ShortSpec::Window(_)));
         let mut s = Self {
             out,
             shard,
@@ -166,6 +175,7 @@ impl ScoreSettings {
             strict: a.common.strict,
             max_bad: a.common.max_bad,
             quiet: a.common.quiet,
+            verbose: a.common.verbose,
             config: a.common.config.clone(),
             long_model: need(m.long_model.clone().or(c.long_model), "--long-model")?,
             short,
@@ -195,6 +205,7 @@ impl ScoreSettings {
             template: c.template.as_ref().map(|t| t.strings()).unwrap_or_default(),
             chat: None,
             fingerprint: String::new(),
+            sources,
             data,
         };
         if !s.data.is_file() {

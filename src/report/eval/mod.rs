@@ -397,6 +397,9 @@ pub fn tables(r: &EvalReport, ratios: &[f64]) -> String {
 
 /// Runs `gateau eval`.
 pub fn run(s: EvalSettings) -> Result<std::process::ExitCode> {
+    if !s.rank.quiet {
+        eprintln!("{}", s.settings_line());
+    }
     let a = analyse(&s.rank)?;
     let labels = labels(&s, &a)?;
     if !labels.iter().any(|l| s.positive.contains(l)) {
