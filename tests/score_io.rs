@@ -69,17 +69,32 @@ fn score_reads_standard_input() {
         .map(|a| if a == p(&f.data) { "-".to_string() } else { a })
         .collect();
     assert!(args.iter().any(|a| a == "-"));
-    let mut child = gateau()
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let bytes = std::fs::read(&f.data).unwrap();
-    child.stdin.take().unwrap().write_all(&bytes).unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    let spool_dir = f.path("tmp");
+    std::fs::create_dir(&spool_dir).unwrap();
+    let piped = |args: &[String]| {
+        let mut child = gateau()
+            .env("TMPDIR", &spool_dir)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&bytes).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    // Two lines, then the same bytes again with --resume: the rest.
+    let mut first = args.clone();
+    first.extend(["--limit".into(), "2".into()]);
+    piped(&first);
+    assert_eq!(lines_of(&out), [0, 1]);
+    let mut rest = args.clone();
+    rest.push("--resume".into());
+    piped(&rest);
+    // The temporary copies are gone.
+    assert_eq!(std::fs::read_dir(&spool_dir).unwrap().count(), 0);
     let (x, y) = (
         read_jsonl::<ScoreRecord>(&out),
         read_jsonl::<ScoreRecord>(&from_file),
