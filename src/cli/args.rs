@@ -275,7 +275,8 @@ pub struct ScoreArgs {
     /// Load no weights and score nothing: read and tokenize --data with the models'
     /// tokenizers and print the length histogram, truncations and skips, the tokens of
     /// each pass, the memory plan and the time estimated on an H200 (from measured
-    /// rates). Writes no --out.
+    /// rates). Counts every pending line of the --shard within --limit (records kept for
+    /// --resume are not read). Needs no --out and writes none.
     #[arg(long)]
     pub dry_run: bool,
     /// With --dry-run: also write its summary as JSON to this file.
