@@ -3,6 +3,7 @@
 mod bench_cli;
 mod chat_template;
 mod common;
+mod dry_run;
 mod families;
 mod families_gguf;
 mod forward;
@@ -15,6 +16,7 @@ mod packing;
 mod report_sweep;
 mod reports;
 mod score_cli;
+mod score_io;
 mod select_cli;
 mod selection_quality;
 mod smollm2;

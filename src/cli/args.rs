@@ -273,14 +273,30 @@ pub struct ScoreArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Input JSONL: LongAlign {"messages": [...]}, Alpaca {"instruction","input","output"}
-    /// or {"context","instruction","response"}; one sample per line [default: the config's
-    /// "data"; required without one].
+    /// or {"context","instruction","response"}; one sample per line. `-` reads standard
+    /// input (copied to a temporary file first; then --out is required) [default: the
+    /// config's "data"; required without one].
     #[arg(long, value_name = "FILE")]
     pub data: Option<PathBuf>,
     /// Output JSONL of score records [default: DATA with .scores.jsonl, or
-    /// .scores.I-of-N.jsonl with --shard].
+    /// .scores.I-of-N.jsonl with --shard; no default for --data -].
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Score only the first N pending samples (pending: in the --shard and not already
+    /// kept by --resume) [default: all]. A later run with --resume and a larger --limit,
+    /// or none, continues after them.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Load no weights and score nothing: read and tokenize --data with the models'
+    /// tokenizers and print the length histogram, truncations and skips, the tokens of
+    /// each pass, the memory plan and the time estimated on an H200 (from measured
+    /// rates). Counts every pending line of the --shard within --limit (records kept for
+    /// --resume are not read). Needs no --out and writes none.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: also write its summary as JSON to this file.
+    #[arg(long, value_name = "FILE", requires = "dry_run")]
+    pub json: Option<PathBuf>,
     /// Score only lines with line % N == I (0-based), for N processes, GPUs or a Slurm
     /// array sharing one input [default: every line].
     #[arg(long, value_name = "I/N")]
@@ -376,7 +392,8 @@ pub struct SelectArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub rank: RankArgs,
-    /// Where the selected lines go [default: DATA with .selected.jsonl].
+    /// Where the selected lines go [default: DATA with .selected.jsonl]. `-`: standard
+    /// output (byte for byte; the summary and notes then go to stderr only).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Write the selected lines in input order instead of score order.

@@ -1,5 +1,7 @@
 //! Streaming JSONL lines with their 0-based line numbers, raw bytes and byte offsets. A
 //! UTF-8 byte-order mark at the start of the file is not part of line 0 (spec section 1).
+//! Standard input (`--data -`) is spooled to a temporary file first: resume, shards and
+//! `select` need line offsets and a file to read twice.
 
 use anyhow::{Context, Result};
 use std::fs::File;
@@ -98,4 +100,42 @@ pub fn count_lines(path: &Path) -> Result<u64> {
         r.consume(len);
     }
     Ok(if last_newline { n } else { n + 1 })
+}
+
+/// Standard input copied to a temporary file, removed when this is dropped.
+#[derive(Debug)]
+pub struct Spool {
+    pub path: PathBuf,
+}
+
+impl Spool {
+    /// Copies all of standard input to a new file in the temporary folder ($TMPDIR).
+    pub fn stdin() -> Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path =
+            std::env::temp_dir().join(format!("gateau-stdin-{}-{nanos}.jsonl", std::process::id()));
+        let spool = Self { path };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&spool.path)
+            .with_context(|| format!("--data -: cannot create {}", spool.path.display()))?;
+        std::io::copy(&mut std::io::stdin().lock(), &mut f)
+            .and_then(|_| std::io::Write::flush(&mut f))
+            .with_context(|| {
+                format!(
+                    "--data -: cannot copy standard input to {} (set TMPDIR to a folder with room)",
+                    spool.path.display()
+                )
+            })?;
+        Ok(spool)
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }

@@ -74,6 +74,13 @@ fn write_selection(s: &SelectSettings, chosen: &[Ranked], offsets: &[(u64, usize
     }
     let data = &s.rank.data;
     let mut input = File::open(data).with_context(|| format!("cannot open {}", data.display()))?;
+    if s.out == std::path::Path::new("-") {
+        let mut w = BufWriter::new(std::io::stdout().lock());
+        for line in order {
+            w.write_all(&read_line_at(&mut input, offsets[line as usize])?)?;
+        }
+        return w.flush().context("cannot write --out - (standard output)");
+    }
     // Renamed into place so a reader never sees half a selection.
     crate::files::write_atomic(&s.out, |f| {
         let mut w = BufWriter::new(f);
@@ -87,7 +94,11 @@ fn write_selection(s: &SelectSettings, chosen: &[Ranked], offsets: &[(u64, usize
 
 fn human_summary(r: &Report, s: &SelectSettings) -> String {
     let c = &r.counts;
-    let mut out = format!("gateau select: {} -> {}\n", c.sentence(), s.out.display());
+    let to = match s.out == std::path::Path::new("-") {
+        true => "standard output".to_string(),
+        false => s.out.display().to_string(),
+    };
+    let mut out = format!("gateau select: {} -> {to}\n", c.sentence());
     if let Some(cut) = r.cutoff_score {
         out += &format!(
             "  cut-off score {cut:.6} (method {}, recipe {}, alpha {})\n",

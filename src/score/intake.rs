@@ -1,7 +1,8 @@
 //! The one intake loop of `gateau score`: the input's pending lines in line order (lines
 //! of other shards and lines kept by `--resume` are passed over), parsed and tokenized a
 //! chunk at a time in parallel, each line becoming a sample ready for its passes or the
-//! record of why it is not; and the duplicate-id rule, which needs line order.
+//! record of why it is not; `--limit` stops it after the first N pending lines; and the
+//! duplicate-id rule, which needs line order.
 
 use super::output::Existing;
 use crate::cli::settings::ScoreSettings;
@@ -68,6 +69,8 @@ pub struct Intake<'a> {
     tokenizer: &'a Tokenizer,
     bos: Option<u32>,
     chunk: usize,
+    /// Pending lines met so far (counted against `--limit`).
+    met: u64,
 }
 
 impl<'a> Intake<'a> {
@@ -85,6 +88,7 @@ impl<'a> Intake<'a> {
             tokenizer,
             bos,
             chunk,
+            met: 0,
         })
     }
 
@@ -100,9 +104,19 @@ impl<'a> Intake<'a> {
         skip: impl Fn(&RawLine) -> bool,
     ) -> Result<Option<Vec<(RawLine, Prepared)>>> {
         let mut chunk = Vec::with_capacity(self.chunk);
-        for raw in self.reader.by_ref() {
+        let limit = self.s.limit.unwrap_or(u64::MAX);
+        while self.met < limit {
+            let Some(raw) = self.reader.next() else {
+                break;
+            };
             let raw = raw?;
-            if !Self::pending(self.s, self.existing, raw.number) || skip(&raw) {
+            if !Self::pending(self.s, self.existing, raw.number) {
+                continue;
+            }
+            // `skip` passes over a line that still counts against --limit (two-phase
+            // runs skip lines phase one already did: both phases see the same N lines).
+            self.met += 1;
+            if skip(&raw) {
                 continue;
             }
             chunk.push(raw);
@@ -121,12 +135,20 @@ impl<'a> Intake<'a> {
     }
 }
 
-/// How many lines of the input this run scores.
-pub fn count_pending(s: &ScoreSettings, existing: &Existing) -> Result<u64> {
+/// The line numbers this run scores: pending ones, the first `--limit` of them.
+pub fn pending_lines<'a>(
+    s: &'a ScoreSettings,
+    existing: &'a Existing,
+) -> Result<impl Iterator<Item = u64> + 'a> {
     let n_lines = crate::input::reader::count_lines(&s.data)?;
     Ok((0..n_lines)
-        .filter(|&l| Intake::pending(s, existing, l))
-        .count() as u64)
+        .filter(move |&l| Intake::pending(s, existing, l))
+        .take(s.limit.map_or(usize::MAX, |n| n as usize)))
+}
+
+/// How many lines of the input this run scores.
+pub fn count_pending(s: &ScoreSettings, existing: &Existing) -> Result<u64> {
+    Ok(pending_lines(s, existing)?.count() as u64)
 }
 
 /// The record of a sample whose id an earlier scored sample already has (and, if not,

@@ -2,6 +2,7 @@
 //! as it goes), resumable and shardable by line number.
 
 pub mod batching;
+pub mod estimate;
 pub mod intake;
 pub mod memory;
 pub mod output;
@@ -27,6 +28,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 pub fn run(mut s: ScoreSettings) -> Result<ExitCode> {
+    if s.dry_run {
+        return estimate::run(s);
+    }
     if s.devices.len() > 1 {
         return crate::score::workers::run(s);
     }

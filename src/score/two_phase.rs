@@ -5,7 +5,7 @@
 //! it is written), read back by phase two. On resume, entries of other settings or of a
 //! changed input line are computed again.
 
-use super::intake::{Intake, Prepared, PREFETCH};
+use super::intake::{pending_lines, Intake, Prepared, PREFETCH};
 use super::output::{side_file, Existing};
 use super::pair::{load_short, short_spec, ShortResult};
 use super::passes::ppl;
@@ -119,9 +119,8 @@ pub(crate) fn run(
             done.len()
         );
     }
-    let n_lines = crate::input::reader::count_lines(&s.data)?;
-    let todo = (0..n_lines)
-        .filter(|&l| Intake::pending(s, existing, l) && !done.contains_key(&l))
+    let todo = pending_lines(s, existing)?
+        .filter(|l| !done.contains_key(l))
         .count() as u64;
     let mut progress = Progress::new(todo, s.quiet);
     let mut intake = Intake::open(s, existing, (&tokenizer, bos), PREFETCH)?;

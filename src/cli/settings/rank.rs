@@ -194,7 +194,11 @@ impl SelectSettings {
         let report_dir = a.report_dir.clone().or(c.report_dir);
         // Every file select writes: none may be an input, another output, or (without
         // --overwrite) already there.
-        let mut outputs = vec![Named::new("--out", &out)];
+        // `--out -` is standard output: no file to check.
+        let mut outputs = match out == Path::new("-") {
+            true => Vec::new(),
+            false => vec![Named::new("--out", &out)],
+        };
         outputs.extend(report.iter().map(|r| Named::new("--report", r)));
         if let Some(dir) = &report_dir {
             outputs.extend(

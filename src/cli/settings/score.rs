@@ -12,7 +12,8 @@ use crate::model::dispatch::AttentionKernel;
 use crate::model::DeviceChoice;
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// How model A is obtained.
 #[derive(Debug, Clone, Serialize)]
@@ -30,6 +31,16 @@ pub struct ScoreSettings {
     pub data: PathBuf,
     pub out: PathBuf,
     pub shard: Option<Shard>,
+    /// Score only the first N pending samples (`--limit`).
+    pub limit: Option<u64>,
+    /// `--dry-run`: tokenize and estimate, load no weights, write no --out.
+    pub dry_run: bool,
+    /// `--dry-run --json FILE`.
+    pub json: Option<PathBuf>,
+    /// `--data -`: standard input copied to a temporary file (`data`), removed once the
+    /// last copy of the settings is dropped.
+    #[serde(skip)]
+    pub stdin: Option<Arc<crate::input::reader::Spool>>,
     pub resume: bool,
     pub overwrite: bool,
     pub strict: bool,
@@ -115,12 +126,31 @@ fn cuda_device_count() -> usize {
 impl ScoreSettings {
     pub fn resolve(a: &ScoreArgs) -> Result<Self> {
         let c = load_config(a.common.config.as_deref())?;
-        let data = need(a.data.clone().or(c.data), "--data")?;
+        let mut data = need(a.data.clone().or(c.data), "--data")?;
         let shard = a.shard;
-        let out = a.out.clone().or(c.out).unwrap_or_else(|| match shard {
-            Some(s) => sibling(&data, &format!(".scores.{}-of-{}.jsonl", s.index, s.count)),
-            None => sibling(&data, ".scores.jsonl"),
-        });
+        let from_stdin = data == Path::new("-");
+        let out = match a.out.clone().or(c.out) {
+            Some(o) => o,
+            None if from_stdin && !a.dry_run => bail!(
+                "--data - reads standard input, which has no name to put the scores beside: \
+                 pass --out FILE"
+            ),
+            None => match shard {
+                Some(s) => sibling(&data, &format!(".scores.{}-of-{}.jsonl", s.index, s.count)),
+                None => sibling(&data, ".scores.jsonl"),
+            },
+        };
+        if a.limit == Some(0) {
+            bail!("--limit must be at least 1 (leave it out to score every pending sample)");
+        }
+        let stdin = match from_stdin {
+            true => {
+                let spool = crate::input::reader::Spool::stdin()?;
+                data = spool.path.clone();
+                Some(Arc::new(spool))
+            }
+            false => None,
+        };
         let m = &a.models;
         let short = if let Some(w) = m.short_window {
             ShortSpec::Window(w)
@@ -170,6 +200,10 @@ impl ScoreSettings {
         let mut s = Self {
             out,
             shard,
+            limit: a.limit,
+            dry_run: a.dry_run,
+            json: a.json.clone(),
+            stdin,
             resume: a.resume,
             overwrite: a.overwrite,
             strict: a.common.strict,
@@ -214,10 +248,12 @@ impl ScoreSettings {
                 s.data.display()
             );
         }
-        check_outputs(
-            &[Named::new("--out", &s.out)],
-            &[Named::new("--data", &s.data)],
-        )?;
+        // A dry run writes no --out; only its --json must not be an input.
+        let outputs: Vec<Named> = match s.dry_run {
+            true => s.json.iter().map(|j| Named::new("--json", j)).collect(),
+            false => vec![Named::new("--out", &s.out)],
+        };
+        check_outputs(&outputs, &[Named::new("--data", &s.data)])?;
         if a.template.or(c.template.map(|t| t.kind())) == Some(TemplateKind::Chat) {
             s.chat = Some(crate::checkpoint::chat_template::for_model(&s.long_spec())?);
         }
