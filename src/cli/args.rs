@@ -424,7 +424,7 @@ pub struct ReportArgs {
     #[arg(long, value_name = "N", default_value_t = 30)]
     pub bins: usize,
     /// Field of each --data line that holds its label: adds the precision of every alpha
-    /// to the alpha sweep (as `gateau eval --label-field`).
+    /// to the alpha sweep (as `gateau eval --label-field`) [default: none, no precision].
     #[arg(long, value_name = "NAME")]
     pub label_field: Option<String>,
     /// Label values that count as positive, comma-separated (JSON text for non-strings).
