@@ -227,7 +227,7 @@ impl Dispatch {
     }
 
     /// The kernel [`Self::causal`] runs for `b` sequences of `t` tokens on CUDA in 16 bits
-    /// under `plan`, leaving out auto's use of a graph this thread happens to hold already.
+    /// under `plan`.
     pub fn kernel_for(&self, b: usize, t: usize, plan: &BatchPlan) -> AttentionKernel {
         let kernel = self.current();
         let auto_flash = kernel == AttentionKernel::Cudnn
@@ -286,15 +286,9 @@ impl Dispatch {
         #[cfg(any(feature = "cudnn", feature = "flash-attn"))]
         if q.device().is_cuda() && q.dtype() != DType::F32 {
             let scale = 1.0 / (q.dim(3)? as f32).sqrt();
-            let kernel = match self.kernel_for(q.dim(0)?, q.dim(1)?, plan) {
-                // The graph exists: nothing is left to pay for.
-                AttentionKernel::Flash
-                    if self.current() == AttentionKernel::Cudnn && holds_graph(q, k, v, scale) =>
-                {
-                    AttentionKernel::Cudnn
-                }
-                other => other,
-            };
+            // The plan alone decides (not which graphs this thread happens to hold): the
+            // kernel, and so the rounding, of a pass never depends on the samples before it.
+            let kernel = self.kernel_for(q.dim(0)?, q.dim(1)?, plan);
             match kernel {
                 #[cfg(feature = "cudnn")]
                 AttentionKernel::Cudnn => match crate::kernels::cudnn::causal(q, k, v, scale) {
@@ -341,18 +335,6 @@ fn cudnn_status() -> Option<Result<usize, String>> {
     return Some(crate::kernels::cudnn::load());
     #[cfg(not(feature = "cudnn"))]
     None
-}
-
-/// Whether this thread holds cuDNN's graph for these operands' shape already.
-#[cfg(any(feature = "cudnn", feature = "flash-attn"))]
-fn holds_graph(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> bool {
-    #[cfg(feature = "cudnn")]
-    return crate::kernels::cudnn::cached(q, k, v, scale);
-    #[cfg(not(feature = "cudnn"))]
-    {
-        let _ = (q, k, v, scale);
-        false
-    }
 }
 
 #[cfg(test)]
