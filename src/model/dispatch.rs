@@ -240,11 +240,6 @@ impl Dispatch {
         }
     }
 
-    /// Whether `--attention cudnn` was asked for by name (then cuDNN runs every shape).
-    pub fn explicit(&self) -> bool {
-        self.explicit
-    }
-
     /// Whether [`Self::causal`] runs a fused kernel on this device and dtype (then the
     /// capture is computed on the side of it).
     pub fn fused_available(&self, device: &Device, dtype: DType) -> bool {

@@ -233,11 +233,6 @@ impl Llama {
             Some(spans) => Some(Packing::new(spans, nh, &self.device)?),
             None => None,
         };
-        // Packed spans run one attention call per span length and layer.
-        let packed_plan = match &packing {
-            Some(p) => self.plan(p.shapes()),
-            None => BatchPlan::none(),
-        };
         let capture = capture_from.is_some();
         let mut mass: Option<Tensor> = None;
         let dev = &self.device;
@@ -268,7 +263,7 @@ impl Llama {
                 };
                 let out = op(dev, "attention", || match &packing {
                     None => self.dispatch.causal(&q, &k, &v, batch_plan),
-                    Some(p) => p.causal_thd(&q, &k, &v, (&self.dispatch, &packed_plan)),
+                    Some(p) => p.causal_thd(&q, &k, &v, &self.dispatch),
                 })?;
                 (out.reshape((b, t, nh * hd))?.to_dtype(self.dtype)?, m)
             } else {

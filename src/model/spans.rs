@@ -83,7 +83,7 @@ impl Packing {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        (dispatch, plan): (&Dispatch, &BatchPlan),
+        dispatch: &Dispatch,
     ) -> candle_core::Result<Tensor> {
         #[cfg(feature = "flash-attn")]
         if q.device().is_cuda()
@@ -99,53 +99,14 @@ impl Packing {
             )?
             .unsqueeze(0);
         }
-        // Spans of one length go through the kernel together as `[n, len, H, hd]`: one call
-        // per length, not per span. Without flash attention, auto runs a length on cuDNN
-        // only where `plan` says its work pays for a graph, else on the chunked kernels: a
-        // graph per span length of packed small samples cost 33 s for 40 samples on an
-        // H200, against 6 s in f32.
         let cut = |x: &Tensor, s: &Span| x.narrow(1, s.start, s.len);
-        let mut outs: Vec<Option<Tensor>> = vec![None; self.spans.len()];
-        for (len, members) in self.groups() {
-            let stack = |x: &Tensor| {
-                let parts = members
-                    .iter()
-                    .map(|&i| cut(x, &self.spans[i]))
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                Tensor::cat(&parts, 0)
-            };
-            let (qg, kg, vg) = (stack(q)?, stack(k)?, stack(v)?);
-            let o = match plan.planned(members.len(), len) || dispatch.explicit() {
-                true => dispatch.causal(&qg, &kg, &vg, plan)?,
-                false => super::dispatch::chunked_causal(&qg, &kg, &vg)?,
-            };
-            debug_assert_eq!(o.dim(1)?, len);
-            for (j, &i) in members.iter().enumerate() {
-                outs[i] = Some(o.narrow(0, j, 1)?);
-            }
-        }
-        let outs: Vec<Tensor> = outs.into_iter().flatten().collect();
+        let none = BatchPlan::none();
+        let outs = self
+            .spans
+            .iter()
+            .map(|s| dispatch.causal(&cut(q, s)?, &cut(k, s)?, &cut(v, s)?, &none))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Tensor::cat(&outs, 1)
-    }
-
-    /// The spans grouped by length, in order of first appearance: `(len, span indices)`.
-    fn groups(&self) -> Vec<(usize, Vec<usize>)> {
-        let mut g: Vec<(usize, Vec<usize>)> = Vec::new();
-        for (i, s) in self.spans.iter().enumerate() {
-            match g.iter_mut().find(|x| x.0 == s.len) {
-                Some(x) => x.1.push(i),
-                None => g.push((s.len, vec![i])),
-            }
-        }
-        g
-    }
-
-    /// The `(B, T)` shapes [`Self::causal_thd`] runs per layer: one per span length.
-    pub fn shapes(&self) -> Vec<(usize, usize)> {
-        self.groups()
-            .into_iter()
-            .map(|(len, m)| (m.len(), len))
-            .collect()
     }
 }
 
@@ -157,8 +118,7 @@ mod tests {
 
     /// Packed spans: each span's output is that of the span attended alone.
     fn packed_case(dt: DType, dev: &Device) -> (Tensor, Tensor, Tensor, Vec<Span>) {
-        // Lengths repeat: spans of one length run through the kernel together.
-        let lens = [37usize, 5, 130, 37, 64, 5, 1, 37];
+        let lens = [37usize, 5, 130, 64, 1];
         let mut spans = Vec::new();
         let mut start = 0;
         for len in lens {
@@ -210,9 +170,7 @@ mod tests {
         let (q, k, v, spans) = packed_case(DType::F32, &dev);
         let p = Packing::new(&spans, 8, &dev).unwrap();
         let want = packed_reference(&q, &k, &v, &spans);
-        let thd = p
-            .causal_thd(&q, &k, &v, (&Dispatch::chunked(), &BatchPlan::none()))
-            .unwrap();
+        let thd = p.causal_thd(&q, &k, &v, &Dispatch::chunked()).unwrap();
         assert!(max_diff(&thd, &want) < 1e-6);
         let heads = |x: &Tensor| x.transpose(1, 2).unwrap().contiguous().unwrap();
         let out = p.causal(&heads(&q), &heads(&k), &heads(&v)).unwrap();
@@ -234,7 +192,7 @@ mod tests {
             let p = Packing::new(&spans, 8, &gpu).unwrap();
             let auto = Dispatch::resolve(super::super::dispatch::AttentionKernel::Auto).unwrap();
             let got = p
-                .causal_thd(&q, &k, &v, (&auto, &BatchPlan::none()))
+                .causal_thd(&q, &k, &v, &auto)
                 .unwrap()
                 .to_device(&Device::Cpu)
                 .unwrap()
