@@ -65,9 +65,8 @@ pub fn cudnn_pays(token_heads: f64) -> bool {
 }
 
 /// The `(B, T)` shapes of the forward passes about to run whose attention work pays for a
-/// cuDNN graph (see [`cudnn_pays`]): a value made by [`Dispatch::plan`] (or
-/// `Llama::plan`) and handed to the passes it was made for. Segment batches of a sample
-/// share one or two shapes, and every sample brings new ones, so the choice is made per
+/// cuDNN graph (see [`cudnn_pays`]): a value made by `Llama::plan` and handed to the passes
+/// it was made for. Segment batches of a sample share one or two shapes, and every sample brings new ones, so the choice is made per
 /// shape from the work announced for it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BatchPlan {
@@ -216,16 +215,6 @@ impl Dispatch {
         }
     }
 
-    /// The announced passes of a model with `heads` heads and `layers` layers.
-    pub fn plan(
-        &self,
-        shapes: impl IntoIterator<Item = (usize, usize)>,
-        heads: usize,
-        layers: usize,
-    ) -> BatchPlan {
-        BatchPlan::new(shapes, heads, layers)
-    }
-
     /// The kernel [`Self::causal`] runs for `b` sequences of `t` tokens on CUDA in 16 bits
     /// under `plan`.
     pub fn kernel_for(&self, b: usize, t: usize, plan: &BatchPlan) -> AttentionKernel {
@@ -362,11 +351,6 @@ mod tests {
         assert!(!one.planned(64, 705), "one batch alone does not");
         assert!(plan.planned(64, 705), "the first plan is unchanged");
         assert!(!BatchPlan::none().planned(64, 705));
-        let d = Dispatch::chunked();
-        assert_eq!(
-            d.plan([(64, 705); 2], heads, layers),
-            BatchPlan::new([(64, 705); 2], heads, layers)
-        );
     }
 
     /// Under auto with flash attention built in, a long single sequence and a planned shape

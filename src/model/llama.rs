@@ -115,8 +115,7 @@ impl Llama {
     /// attention kernel is chosen for the whole set (see [`BatchPlan`]); hand it to
     /// [`Self::forward_planned`].
     pub fn plan(&self, shapes: impl IntoIterator<Item = (usize, usize)>) -> BatchPlan {
-        self.dispatch
-            .plan(shapes, self.cfg.num_heads, self.cfg.num_layers)
+        BatchPlan::new(shapes, self.cfg.num_heads, self.cfg.num_layers)
     }
 
     /// Builds the cuDNN graphs of `plan`'s shapes, for this model's heads as the split
