@@ -327,5 +327,6 @@ pub fn cpu(dtype: candle_core::DType) -> gateau::model::Compute {
         device: Device::Cpu,
         dtype,
         dispatch: gateau::model::dispatch::Dispatch::chunked(),
+        fp8: false,
     }
 }

@@ -7,6 +7,7 @@ mod dry_run;
 mod families;
 mod families_gguf;
 mod forward;
+mod fp8;
 mod gguf;
 mod help;
 mod hub;

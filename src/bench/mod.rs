@@ -30,6 +30,8 @@ pub struct PhaseResult {
     pub shape: Shape,
     pub ctx: usize,
     pub phase: String,
+    /// `--dtype`: bf16, f16, f32, fp8.
+    pub dtype: String,
     /// The attention kernel that ran (`--attention`, resolved).
     pub attention: crate::model::dispatch::AttentionKernel,
     pub tokens: usize,
@@ -74,6 +76,9 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
     }
     let cfg = s.shape.config();
     crate::model::configure_matmul(&device, s.dtype);
+    if s.fp8 {
+        crate::model::check_fp8(&device)?;
+    }
     let dispatch = Dispatch::resolve(s.attention)?;
     let attention = dispatch.describe().to_string();
     let peak = matmul_peak(&device, s.dtype)?;
@@ -81,9 +86,15 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
         "gateau bench: {} on {}, {}, attention {attention}: matmul {peak:.1} TFLOP/s",
         crate::rank::recipe::value_name(s.shape),
         crate::cli::settings::device_name(&device),
-        crate::cli::settings::dtype_name(s.dtype)
+        s.dtype_label()
     );
-    let model = random_model(&cfg, &device, s.dtype, dispatch)?;
+    let mut model = random_model(&cfg, &device, s.dtype, dispatch)?;
+    if s.fp8 {
+        // MFU stays against the bf16 matmul rate measured above: FP8's own peak is about
+        // twice it, so an FP8 run can pass 100%.
+        eprintln!("gateau bench: fp8: {}", model.quantize_fp8()?);
+    }
+    let model = model;
     let budget = s.max_batch_tokens.unwrap_or_else(|| {
         let width = s.dtype.size_in_bytes() as u64;
         crate::score::memory::default_batch_tokens(&cfg, width, crate::model::free_memory(&device))
@@ -249,6 +260,7 @@ impl PhaseResult {
         (peak, attention): (f64, AttentionKernel),
     ) -> Self {
         Self {
+            dtype: s.dtype_label().into(),
             shape: s.shape,
             ctx,
             phase,
@@ -412,6 +424,7 @@ mod tests {
             warmup: 0,
             device: DeviceChoice::Cpu,
             dtype: DType::F32,
+            fp8: false,
             attention: crate::model::dispatch::AttentionKernel::Auto,
             json: None,
             profile: true,

@@ -41,6 +41,8 @@ pub struct LoadedModel {
     pub bos: Option<u32>,
     /// What was loaded, for logs and errors.
     pub source: String,
+    /// With `--dtype fp8`: the projections' quantization, for the log.
+    pub fp8: Option<crate::model::Fp8Scales>,
 }
 
 /// Shard file names listed by a `model.safetensors.index.json`, in first-seen order.
@@ -191,10 +193,18 @@ pub fn model_files(spec: &ModelSpec) -> Result<Vec<PathBuf>> {
 /// Loads a model as `spec` names it.
 pub fn load(spec: &ModelSpec, c: &Compute) -> Result<LoadedModel> {
     let (device, dtype, dispatch) = (&c.device, c.dtype, c.dispatch.clone());
-    match locate(spec)? {
+    let mut m = match locate(spec)? {
         Located::Gguf(p) => load_gguf(spec, &p, (device, dtype), dispatch),
         Located::Hf(files) => load_hf(spec, &files, (device, dtype), dispatch),
+    }?;
+    if c.fp8 {
+        m.fp8 = Some(
+            m.llama
+                .quantize_fp8()
+                .with_context(|| format!("model {}", spec.location))?,
+        );
     }
+    Ok(m)
 }
 
 fn looks_like_hub_id(s: &str) -> bool {
@@ -247,6 +257,7 @@ fn finish(
         tokenizer,
         bos,
         source: spec.location.clone(),
+        fp8: None,
     })
 }
 

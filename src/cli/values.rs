@@ -8,9 +8,23 @@ use std::process::ExitCode;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DTypeArg {
+    /// f32 weights and activations.
     F32,
+    /// bf16 weights and activations (f32 residual stream and accumulation).
     Bf16,
+    /// f16 weights and activations (f32 residual stream and accumulation).
     F16,
+    /// bf16, with the projection and MLP GEMMs in FP8 (E4M3, per-tensor scales, f32
+    /// accumulation); CUDA GPUs of compute capability 8.9 or later (on the CPU a slow
+    /// simulation of the same arithmetic).
+    Fp8,
+}
+
+impl DTypeArg {
+    /// Whether this is `fp8` (bf16 with E4M3 projections).
+    pub fn is_fp8(d: Option<DTypeArg>) -> bool {
+        d == Some(DTypeArg::Fp8)
+    }
 }
 
 /// `--phases`: both models resident, or one after the other.

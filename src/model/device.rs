@@ -4,12 +4,39 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 
-/// What every pass of a run computes on: the device, the dtype, the attention dispatch.
+/// What every pass of a run computes on: the device, the dtype, the attention dispatch, and
+/// whether the projections are E4M3 (`--dtype fp8`, with `dtype` bf16).
 #[derive(Debug, Clone)]
 pub struct Compute {
     pub device: Device,
     pub dtype: DType,
     pub dispatch: super::dispatch::Dispatch,
+    pub fp8: bool,
+}
+
+/// `--dtype fp8` needs FP8 tensor cores on CUDA: compute capability 8.9 (Ada) or later. The
+/// CPU runs the same arithmetic in plain loops, slowly.
+#[cfg(feature = "cuda")]
+pub fn check_fp8(device: &Device) -> Result<()> {
+    use candle_core::cuda::cudarc::driver::sys::CUdevice_attribute as A;
+    let Device::Cuda(d) = device else {
+        return Ok(());
+    };
+    let ctx = d.cuda_stream().context().clone();
+    let major = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+    let minor = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+    if (major, minor) < (8, 9) {
+        bail!(
+            "--dtype fp8 needs FP8 tensor cores (compute capability 8.9 or later: Ada, Hopper, \
+             Blackwell); this GPU is {major}.{minor}; use --dtype bf16"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn check_fp8(_: &Device) -> Result<()> {
+    Ok(())
 }
 
 /// Free device memory in bytes (None on the CPU).

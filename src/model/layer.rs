@@ -4,6 +4,7 @@
 //! weights (Qwen3).
 
 use super::config::ModelConfig;
+use crate::kernels::fused::fp8::Proj;
 use crate::kernels::fused::{self, HeadShape};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -12,12 +13,12 @@ pub(crate) struct Layer {
     pub input_norm: Tensor,
     /// q, k and v projections stacked (one GEMM; rows in that order), with their biases
     /// stacked the same way when the family has them.
-    pub qkv: Linear,
-    pub o: Linear,
+    pub qkv: Proj,
+    pub o: Proj,
     pub post_norm: Tensor,
     /// Gate and up projections stacked (one GEMM; gate's rows first).
-    pub gate_up: Linear,
-    pub down: Linear,
+    pub gate_up: Proj,
+    pub down: Proj,
     /// f32 RMSNorm weights `[head_dim]` of the q and k heads (Qwen3).
     pub qk_norm: Option<(Tensor, Tensor)>,
 }
@@ -26,8 +27,8 @@ fn weight(vb: &VarBuilder, out: usize, inp: usize, name: &str) -> Result<Tensor>
     vb.get((out, inp), &format!("{name}.weight"))
 }
 
-fn linear(vb: &VarBuilder, out: usize, inp: usize, name: &str) -> Result<Linear> {
-    Ok(Linear::new(weight(vb, out, inp, name)?, None))
+fn linear(vb: &VarBuilder, out: usize, inp: usize, name: &str) -> Result<Proj> {
+    Ok(Proj::Dense(Linear::new(weight(vb, out, inp, name)?, None)))
 }
 
 impl Layer {
@@ -60,7 +61,7 @@ impl Layer {
         };
         Ok(Self {
             input_norm: vb.get(d, "input_layernorm.weight")?.to_dtype(DType::F32)?,
-            qkv: Linear::new(
+            qkv: Proj::Dense(Linear::new(
                 Tensor::cat(
                     &[
                         weight(&att, qd, d, "q_proj")?,
@@ -70,12 +71,12 @@ impl Layer {
                     0,
                 )?,
                 qkv_bias,
-            ),
-            o: Linear::new(weight(&att, d, qd, "o_proj")?, o_bias),
+            )),
+            o: Proj::Dense(Linear::new(weight(&att, d, qd, "o_proj")?, o_bias)),
             post_norm: vb
                 .get(d, "post_attention_layernorm.weight")?
                 .to_dtype(DType::F32)?,
-            gate_up: Linear::new(
+            gate_up: Proj::Dense(Linear::new(
                 Tensor::cat(
                     &[
                         weight(&mlp, f, d, "gate_proj")?,
@@ -84,10 +85,30 @@ impl Layer {
                     0,
                 )?,
                 None,
-            ),
+            )),
             down: linear(&mlp, d, f, "down_proj")?,
             qk_norm,
         })
+    }
+
+    /// The layer with its four projections in E4M3 (`--dtype fp8`), and their scales.
+    pub fn quantize_fp8(&mut self) -> Result<[f32; 4]> {
+        let mut scales = [0f32; 4];
+        for (i, p) in [
+            &mut self.qkv,
+            &mut self.o,
+            &mut self.gate_up,
+            &mut self.down,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            *p = p.to_fp8()?;
+            if let Proj::Fp8(f) = p {
+                scales[i] = f.scale()?;
+            }
+        }
+        Ok(scales)
     }
 
     /// The stacked projection `[B, T, (nh + 2 nkv) hd]` with q's and k's heads RMS-normed

@@ -9,12 +9,13 @@ use super::config::ModelConfig;
 use super::dispatch::{BatchPlan, Dispatch};
 use super::heads::heads_checked;
 use super::layer::Layer;
+use super::quantize::Fp8Scales;
 use super::spans::{Packing, Span};
 use crate::kernels::attention::{capture_mass_thd, causal_attention, Plan};
 use crate::kernels::fused::{self, HeadShape, Heads};
 use crate::kernels::profile::op;
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -104,6 +105,12 @@ impl Llama {
     /// Turns the f16 heads off (or back on, for bf16 weights) — for comparisons.
     pub fn set_f16_heads(&mut self, on: bool) {
         self.f16_heads = on && self.dtype == DType::BF16;
+    }
+
+    /// `--dtype fp8`: every layer's projections as E4M3 codes with a per-tensor scale,
+    /// quantized once, here (see [`super::quantize`]).
+    pub fn quantize_fp8(&mut self) -> Result<Fp8Scales> {
+        super::quantize::to_fp8(&mut self.layers)
     }
 
     /// The attention dispatch this model runs.

@@ -8,12 +8,15 @@ pub mod dispatch;
 mod heads;
 mod layer;
 pub mod llama;
+mod quantize;
 pub mod rope;
 pub mod shapes;
 pub mod spans;
 
 pub use config::ModelConfig;
 pub use device::{
-    configure_matmul, free_memory, open_device, release_cached_memory, Compute, DeviceChoice,
+    check_fp8, configure_matmul, free_memory, open_device, release_cached_memory, Compute,
+    DeviceChoice,
 };
 pub use llama::{ForwardOutput, Llama};
+pub use quantize::Fp8Scales;

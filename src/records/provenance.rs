@@ -142,6 +142,14 @@ fn dtype_name(d: DType) -> &'static str {
     }
 }
 
+/// The run's dtype as `--dtype` spells it: `fp8` for bf16 with E4M3 projections.
+fn run_dtype(s: &ScoreSettings, dtype: DType) -> &'static str {
+    match crate::cli::DTypeArg::is_fp8(s.dtype) {
+        true => "fp8",
+        false => dtype_name(dtype),
+    }
+}
+
 impl Fingerprint {
     /// The fingerprint of `s` computed in `dtype` (hashes every model file, or takes the
     /// cached hash of an unchanged one).
@@ -191,7 +199,7 @@ impl Fingerprint {
             ("max_len", s.max_len.to_string()),
             ("segment_len", s.segment_len.to_string()),
             ("max_segments", s.max_segments.to_string()),
-            ("dtype", dtype_name(dtype).to_string()),
+            ("dtype", run_dtype(s, dtype).to_string()),
             ("with_ifd", s.with_ifd.to_string()),
         ];
         let text = parts

@@ -326,6 +326,8 @@ fn plan(s: &ScoreSettings, long: &ModelConfig, short: Option<&ModelConfig>) -> M
     let (dtype, width) = match s.dtype {
         Some(DTypeArg::F32) => ("f32", 4),
         Some(DTypeArg::F16) => ("f16", 2),
+        // Counted as bf16: E4M3 projection weights would halve those, an upper bound here.
+        Some(DTypeArg::Fp8) => ("fp8", 2),
         _ => ("bf16", 2),
     };
     let mut models = vec![long];

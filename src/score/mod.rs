@@ -36,6 +36,7 @@ pub fn run(mut s: ScoreSettings) -> Result<ExitCode> {
     }
     let (device, hint) = model::open_device(&s.device)?;
     let dtype = resolve_dtype(s.dtype, &device);
+    model::check_fp8(&device)?;
     model::configure_matmul(&device, dtype);
     let dispatch = Dispatch::resolve(s.attention)?;
     let long_cfg: ModelConfig = crate::checkpoint::model_config(&s.long_spec())?;
@@ -66,6 +67,7 @@ pub fn run(mut s: ScoreSettings) -> Result<ExitCode> {
         device,
         dtype,
         dispatch,
+        fp8: crate::cli::DTypeArg::is_fp8(s.dtype),
     };
     let result = score_all(&s, &compute, output.file.try_clone()?, existing, started);
     if result.is_err() {

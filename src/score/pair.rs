@@ -85,6 +85,13 @@ impl Models {
         let batch_tokens = s.max_batch_tokens.unwrap_or_else(|| {
             memory::default_batch_tokens(long.llama.config(), width, model::free_memory(device))
         });
+        if !s.quiet {
+            for m in std::iter::once(&long).chain(&short) {
+                if let Some(q) = &m.fp8 {
+                    eprintln!("gateau score: fp8: {}: {q}", m.source);
+                }
+            }
+        }
         let pack_below = s
             .pack_below
             .unwrap_or_else(|| memory::default_pack_below(device));

@@ -85,10 +85,12 @@ fn worker(
         let (device, _) = model::open_device(&choice)?;
         let dtype = resolve_dtype(s.dtype, &device);
         model::configure_matmul(&device, dtype);
+        model::check_fp8(&device)?;
         let c = Compute {
             device,
             dtype,
             dispatch: dispatch.clone(),
+            fp8: crate::cli::DTypeArg::is_fp8(s.dtype),
         };
         Models::load(s, &c, None).with_context(|| format!("worker on {choice}"))
     });

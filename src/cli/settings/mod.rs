@@ -56,7 +56,8 @@ pub fn resolve_dtype(d: Option<DTypeArg>, device: &candle_core::Device) -> candl
     use candle_core::DType;
     match d {
         Some(DTypeArg::F32) => DType::F32,
-        Some(DTypeArg::Bf16) => DType::BF16,
+        // fp8 keeps everything but the projections in bf16 (`Compute::fp8`).
+        Some(DTypeArg::Bf16 | DTypeArg::Fp8) => DType::BF16,
         Some(DTypeArg::F16) => DType::F16,
         None if device.is_cuda() => DType::BF16,
         None => DType::F32,

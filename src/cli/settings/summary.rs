@@ -70,12 +70,11 @@ impl ScoreSettings {
             true => format!("segment {} x {}{l}", self.segment_len, self.max_segments),
             false => format!("segment {}{l} x {}{m}", self.segment_len, self.max_segments),
         });
-        parts.push(format!(
-            "{}{} on {device}{}",
-            dtype_name(dtype),
-            n("dtype"),
-            n("device")
-        ));
+        let dtype = match crate::cli::DTypeArg::is_fp8(self.dtype) {
+            true => "fp8",
+            false => dtype_name(dtype),
+        };
+        parts.push(format!("{dtype}{} on {device}{}", n("dtype"), n("device")));
         let mut detail = String::new();
         if let Some(d) = attention {
             let k = d.current().to_string();

@@ -29,10 +29,22 @@ pub struct BenchSettings {
     pub warmup: usize,
     pub device: DeviceChoice,
     pub dtype: DType,
+    /// `--dtype fp8`: `dtype` is bf16 and the projections E4M3.
+    pub fp8: bool,
     pub attention: AttentionKernel,
     pub json: Option<std::path::PathBuf>,
     pub profile: bool,
     pub small_segments: usize,
+}
+
+impl BenchSettings {
+    /// The dtype as `--dtype` spells it.
+    pub fn dtype_label(&self) -> &'static str {
+        match self.fp8 {
+            true => "fp8",
+            false => super::dtype_name(self.dtype),
+        }
+    }
 }
 
 /// `gateau bench` settings: the dtype default follows the device.
@@ -53,6 +65,7 @@ pub fn bench_settings(a: &BenchArgs) -> Result<BenchSettings> {
         warmup: a.warmup,
         device: a.device,
         dtype: resolve_dtype(a.dtype, &device),
+        fp8: crate::cli::DTypeArg::is_fp8(a.dtype),
         attention: a.attention,
         json: a.json.clone(),
         profile: a.profile,

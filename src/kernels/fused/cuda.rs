@@ -11,7 +11,7 @@ use candle_core::{bail, CudaDevice, CudaStorage, DType, Result};
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 const THREADS: u32 = 256;
 
-fn func(dev: &CudaDevice, kernel: &str, dtype: DType) -> Result<CudaFunction> {
+pub(super) fn func(dev: &CudaDevice, kernel: &str, dtype: DType) -> Result<CudaFunction> {
     let suffix = match dtype {
         DType::F32 => "f32",
         DType::BF16 => "bf16",
@@ -24,7 +24,7 @@ fn func(dev: &CudaDevice, kernel: &str, dtype: DType) -> Result<CudaFunction> {
 }
 
 /// Grid-stride launch over `n` elements.
-fn flat(n: usize) -> LaunchConfig {
+pub(super) fn flat(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(THREADS as usize).clamp(1, 1 << 16) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),

@@ -8,18 +8,22 @@
 //! - `h · wᵀ` in f32 for the q|k|v projection, whose heads are then rounded once, to the
 //!   attention dtype (see `qkv.rs`), instead of to bf16 by the GEMM and again by RoPE.
 
+use super::fp8::{self, Proj};
 use super::span;
 use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CustomOp2, DType, InplaceOp3, Layout, Module, Result, Shape, Tensor, D,
 };
-use candle_nn::Linear;
 use rayon::prelude::*;
 
 /// `x += lin(h)`: `x` the contiguous f32 residual stream `[.., D]`, `h` `[.., K]`, the
-/// weight `[D, K]` (no bias). Fused on CUDA for bf16/f16; elsewhere the product and
-/// [`super::add_into`].
-pub fn linear_add_into(x: &Tensor, h: &Tensor, lin: &Linear) -> Result<()> {
+/// weight `[D, K]`. Fused on CUDA for bf16/f16 weights without a bias; E4M3 weights through
+/// the FP8 GEMM (`fp8.rs`) on every device; elsewhere the product and [`super::add_into`].
+pub fn linear_add_into(x: &Tensor, h: &Tensor, lin: &Proj) -> Result<()> {
+    let lin = match lin {
+        Proj::Fp8(f) => return fp8::linear_add_into(x, h, f),
+        Proj::Dense(l) => l,
+    };
     let w = lin.weight();
     let fused = x.device().is_cuda()
         && matches!(h.dtype(), DType::BF16 | DType::F16)
@@ -31,8 +35,13 @@ pub fn linear_add_into(x: &Tensor, h: &Tensor, lin: &Linear) -> Result<()> {
 }
 
 /// `lin(h)` in f32: fused on CUDA for bf16/f16 weights (a bias, as Qwen2's q|k|v carry,
-/// added in f32 after the product); elsewhere the product in the weights' dtype, widened.
-pub fn linear_f32(h: &Tensor, lin: &Linear) -> Result<Tensor> {
+/// added in f32 after the product); E4M3 weights through the FP8 GEMM on every device;
+/// elsewhere the product in the weights' dtype, widened.
+pub fn linear_f32(h: &Tensor, lin: &Proj) -> Result<Tensor> {
+    let lin = match lin {
+        Proj::Fp8(f) => return fp8::linear_f32(h, f),
+        Proj::Dense(l) => l,
+    };
     let fused = h.device().is_cuda() && matches!(h.dtype(), DType::BF16 | DType::F16);
     if !fused {
         return lin.forward(h)?.to_dtype(DType::F32);
@@ -201,6 +210,7 @@ mod tests {
     use super::*;
     use crate::kernels::attention::tests::max_diff;
     use candle_core::Device;
+    use candle_nn::Linear;
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
@@ -222,7 +232,7 @@ mod tests {
         assert!(max_diff(&x, &want) < 1e-5, "{}", max_diff(&x, &want));
         // linear_add_into on the CPU takes the unfused path: the same numbers.
         let y = x0.copy().unwrap();
-        linear_add_into(&y, &h, &Linear::new(w.clone(), None)).unwrap();
+        linear_add_into(&y, &h, &Proj::Dense(Linear::new(w.clone(), None))).unwrap();
         assert!(max_diff(&y, &x) < 1e-5);
         // The product alone, into a fresh f32 tensor of the input's leading shape; from
         // bf16 operands, the product of the widened values.
@@ -239,7 +249,7 @@ mod tests {
         let got = gemm_out(&hb, &wb).unwrap();
         assert_eq!(got.dtype(), DType::F32);
         assert!(max_diff(&got, &want) < 1e-5);
-        let lin = linear_f32(&h, &Linear::new(w.clone(), None)).unwrap();
+        let lin = linear_f32(&h, &Proj::Dense(Linear::new(w.clone(), None))).unwrap();
         assert!(max_diff(&lin, &gemm_out(&h, &w).unwrap()) < 1e-5);
     }
 
@@ -278,7 +288,7 @@ mod tests {
                     .unwrap();
                 let xg = x.to_device(&gpu).unwrap();
                 let on = |t: &Tensor| t.to_device(&gpu).unwrap();
-                let lin = Linear::new(on(&w), None);
+                let lin = Proj::Dense(Linear::new(on(&w), None));
                 // Product alone and accumulated: the same cuBLAS call with beta 0 and 1.
                 let prod = linear_f32(&on(&h), &lin).unwrap().to_device(&cpu).unwrap();
                 let prod = (&x + prod).unwrap();

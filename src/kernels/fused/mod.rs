@@ -183,6 +183,9 @@ impl HeadShape {
 
 #[cfg(feature = "cuda")]
 mod cuda;
+pub mod fp8;
+#[cfg(feature = "cuda")]
+mod fp8_cuda;
 mod gemm;
 mod nll;
 mod qkv;

@@ -1,0 +1,51 @@
+//! `--dtype fp8`: a loaded model's projections (q|k|v, attention output, gate|up, down) turned
+//! into E4M3 codes with per-tensor scales, once, at load; the 16-bit weights are dropped. The
+//! arithmetic is `kernels::fused::fp8`'s.
+
+use super::layer::Layer;
+use anyhow::{bail, Result};
+
+/// What [`super::Llama::quantize_fp8`] did, for the log.
+#[derive(Debug, Clone, Copy)]
+pub struct Fp8Scales {
+    pub projections: usize,
+    /// The smallest and largest per-tensor dequantization scale (max |w| / 448).
+    pub min: f32,
+    pub max: f32,
+}
+
+impl std::fmt::Display for Fp8Scales {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} projections quantized to E4M3, per-tensor scales {:.3e} to {:.3e}",
+            self.projections, self.min, self.max
+        )
+    }
+}
+
+/// Quantizes every layer's projections; the scales' range, for the log.
+pub(super) fn to_fp8(layers: &mut [Layer]) -> Result<Fp8Scales> {
+    let names = ["q|k|v", "output", "gate|up", "down"];
+    let mut scales = Vec::new();
+    for (i, layer) in layers.iter_mut().enumerate() {
+        let projs = [&layer.qkv, &layer.o, &layer.gate_up, &layer.down];
+        for (name, p) in names.iter().zip(projs) {
+            let (d, k) = p.dims()?;
+            if d % 16 != 0 || k % 16 != 0 {
+                bail!(
+                    "--dtype fp8: layer {i}'s {name} projection is {d} x {k}; FP8 GEMMs need \
+                     both sizes to be multiples of 16 (use --dtype bf16)"
+                );
+            }
+        }
+        scales.extend(layer.quantize_fp8()?);
+    }
+    let min = scales.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = scales.iter().copied().fold(0f32, f32::max);
+    Ok(Fp8Scales {
+        projections: scales.len(),
+        min,
+        max,
+    })
+}
