@@ -76,7 +76,9 @@ def read_lines(paths):
 def interpolate(points, x):
     """y at x from sorted [(x, y)]: log-log between neighbours (linear where a y is not
     positive), held at the nearest end outside; and whether it was held."""
-    if len(points) == 1 or x <= points[0][0]:
+    if len(points) == 1:
+        return points[0][1], x != points[0][0]
+    if x <= points[0][0]:
         return points[0][1], x < points[0][0]
     if x >= points[-1][0]:
         return points[-1][1], x > points[-1][0]
@@ -165,6 +167,10 @@ def main():
         what = samples[0].get("dtype", "?")
         kernels = total.get("attention") or samples[0].get("attention", "?")
         runs.append((f"gateau {what} (attention {kernels})", [s["seconds"] for s in samples]))
+    # Two runs of one dtype and kernel: tell them apart by their files.
+    names = [r[0] for r in runs]
+    runs = [(f"{name[:-1]}, {path})" if names.count(name) > 1 else name, secs)
+            for (name, secs), path in zip(runs, gateau)]
     samples = sorted(next(iter(gateau.values()))["samples"], key=lambda s: s["sample"])
     n = len(samples)
     tokens = sum(s["tokens"] for s in samples)
@@ -221,8 +227,8 @@ def main():
             "sample's tokens, segment passes in the segment's), the capture's extra over an "
             "eager full pass scaled by response x tokens; see scripts/mix-table.py.")
         if held:
-            notes.append(f"Samples {', '.join(map(str, held))} lie outside the measured "
-                         "lengths: their rates are held at the nearest measured one.")
+            notes.append("Outside the measured lengths, rates held at the nearest measured "
+                         f"one: sample {', '.join(map(str, held))}.")
     else:
         notes.append("No torch lines given: no PyTorch row.")
     for line in notes:
