@@ -17,6 +17,7 @@ use serde::Serialize;
 use std::process::ExitCode;
 use std::time::Instant;
 
+mod mix;
 mod synthetic;
 
 /// Segments per sample at the most, as in configs/paper.json (`max_segments`).
@@ -67,39 +68,14 @@ fn time<F: FnMut() -> Result<()>>(
 }
 
 pub fn run(s: BenchSettings) -> Result<ExitCode> {
-    let (device, hint) = open_device(&s.device)?;
-    if let Some(h) = hint {
-        eprintln!("gateau: {h}");
+    if let Some(m) = &s.mix {
+        return mix::run(&s, m);
     }
     if s.contexts.is_empty() {
         bail!("--ctx needs at least one context length");
     }
-    let cfg = s.shape.config();
-    crate::model::configure_matmul(&device, s.dtype);
-    if s.fp8 {
-        crate::model::check_fp8(&device)?;
-    }
-    let dispatch = Dispatch::resolve(s.attention)?;
-    let attention = dispatch.describe().to_string();
-    let peak = matmul_peak(&device, s.dtype)?;
-    eprintln!(
-        "gateau bench: {} on {}, {}, attention {attention}: matmul {peak:.1} TFLOP/s",
-        crate::rank::recipe::value_name(s.shape),
-        crate::cli::settings::device_name(&device),
-        s.dtype_label()
-    );
-    let mut model = random_model(&cfg, &device, s.dtype, dispatch)?;
-    if s.fp8 {
-        // MFU stays against the bf16 matmul rate measured above: FP8's own peak is about
-        // twice it, so an FP8 run can pass 100%.
-        eprintln!("gateau bench: fp8: {}", model.quantize_fp8()?);
-    }
-    let model = model;
-    let budget = s.max_batch_tokens.unwrap_or_else(|| {
-        let width = s.dtype.size_in_bytes() as u64;
-        crate::score::memory::default_batch_tokens(&cfg, width, crate::model::free_memory(&device))
-    });
-    eprintln!("gateau bench: segment batches of up to {budget} tokens");
+    let (device, model, peak, budget) = setup(&s)?;
+    let cfg = model.config().clone();
     let mut results = Vec::new();
     for &ctx in &s.contexts {
         let t = 1 + ctx + s.mid + s.resp;
@@ -201,6 +177,41 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The device, the random-weight model of `s.shape`, the measured matmul rate and the
+/// segment batch budget, announced on stderr.
+fn setup(s: &BenchSettings) -> Result<(Device, Llama, f64, usize)> {
+    let (device, hint) = open_device(&s.device)?;
+    if let Some(h) = hint {
+        eprintln!("gateau: {h}");
+    }
+    let cfg = s.shape.config();
+    crate::model::configure_matmul(&device, s.dtype);
+    if s.fp8 {
+        crate::model::check_fp8(&device)?;
+    }
+    let dispatch = Dispatch::resolve(s.attention)?;
+    let attention = dispatch.describe().to_string();
+    let peak = matmul_peak(&device, s.dtype)?;
+    eprintln!(
+        "gateau bench: {} on {}, {}, attention {attention}: matmul {peak:.1} TFLOP/s",
+        crate::rank::recipe::value_name(s.shape),
+        crate::cli::settings::device_name(&device),
+        s.dtype_label()
+    );
+    let mut model = random_model(&cfg, &device, s.dtype, dispatch)?;
+    if s.fp8 {
+        // MFU stays against the bf16 matmul rate measured above: FP8's own peak is about
+        // twice it, so an FP8 run can pass 100%.
+        eprintln!("gateau bench: fp8: {}", model.quantize_fp8()?);
+    }
+    let budget = s.max_batch_tokens.unwrap_or_else(|| {
+        let width = s.dtype.size_in_bytes() as u64;
+        crate::score::memory::default_batch_tokens(&cfg, width, crate::model::free_memory(&device))
+    });
+    eprintln!("gateau bench: segment batches of up to {budget} tokens");
+    Ok((device, model, peak, budget))
+}
+
 /// One whole sample measured as `score` runs it ([`crate::score::passes::score_sample`], the
 /// model as both long and short model): the long pass with the capture, during which the
 /// segment batches' cuDNN graphs are built, the short pass, then the segment passes. Its
@@ -213,15 +224,48 @@ fn whole_sample(
     ctx: usize,
     (peak, budget): (f64, usize),
 ) -> Result<PhaseResult> {
+    let w = score_whole(s, model, device, (ctx, s.resp + 1, 11 + ctx as u64), budget)?;
+    let name = format!("whole sample, measured ({} segments)", w.segments);
+    Ok(PhaseResult::new(
+        s,
+        (ctx, name),
+        (w.model_tokens, w.flops),
+        w.seconds,
+        (peak, model.dispatch().current()),
+    ))
+}
+
+/// What scoring one whole sample took.
+struct Scored {
+    seconds: f64,
+    /// Tokens of the whole sample (BOS, context, instruction, response).
+    tokens: usize,
+    segments: usize,
+    /// Tokens of each segment sequence.
+    segment_tokens: usize,
+    /// Tokens through the models: both full passes and every segment pass.
+    model_tokens: usize,
+    flops: f64,
+}
+
+/// One sample of `ctx` context and `resp` response tokens (synthetic, the context drawn
+/// with `seed`) scored as `score` scores it, timed between device synchronizations.
+fn score_whole(
+    s: &BenchSettings,
+    model: &Llama,
+    device: &Device,
+    (ctx, resp, seed): (usize, usize, u64),
+    budget: usize,
+) -> Result<Scored> {
     let cfg = model.config();
     // synthetic() starts with BOS (1); the parts take what follows it.
     let part = |n: usize, seed: u64| synthetic(n + 1, cfg.vocab_size, seed)[1..].to_vec();
     let t = Tokens {
         bos: Some(1),
         head: Vec::new(),
-        ctx: part(ctx, 11 + ctx as u64),
+        ctx: part(ctx, seed),
         mid: part(s.mid, 12),
-        resp: part(s.resp + 1, 13),
+        resp: part(resp, 13),
         truncated: false,
     };
     let passes = PassSettings {
@@ -236,17 +280,18 @@ fn whole_sample(
     let scores = score_sample(model, &ShortModel::Separate(model), &t, &passes)?;
     device.synchronize()?;
     let seconds = start.elapsed().as_secs_f64();
-    let n_seg = scores.seg_ppl.len();
-    let ts = t.segment(0, s.segment_len).len();
-    let flops = 2.0 * flops_per_seq(cfg, t.len()) + n_seg as f64 * flops_per_seq(cfg, ts);
-    let name = format!("whole sample, measured ({n_seg} segments)");
-    Ok(PhaseResult::new(
-        s,
-        (ctx, name),
-        (scores.model_tokens, flops),
+    let segments = scores.seg_ppl.len();
+    let segment_tokens = t.segment(0, s.segment_len).len();
+    let flops =
+        2.0 * flops_per_seq(cfg, t.len()) + segments as f64 * flops_per_seq(cfg, segment_tokens);
+    Ok(Scored {
         seconds,
-        (peak, model.dispatch().current()),
-    ))
+        tokens: t.len(),
+        segments,
+        segment_tokens,
+        model_tokens: scores.model_tokens,
+        flops,
+    })
 }
 
 impl PhaseResult {
@@ -429,6 +474,9 @@ mod tests {
             json: None,
             profile: true,
             small_segments: 3,
+            mix: None,
+            print: None,
+            anchor_points: 4,
         };
         let r = small_samples(&s, &m, &Device::Cpu, (1.0, 200)).unwrap();
         assert_eq!(r.len(), 2);

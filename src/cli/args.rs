@@ -160,6 +160,8 @@ pub struct BenchArgs {
     /// 0: skip.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub small_segments: usize,
+    #[command(flatten)]
+    pub mix: super::mix_args::MixArgs,
 }
 
 /// Options shared by every subcommand.

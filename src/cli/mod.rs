@@ -3,11 +3,13 @@
 
 pub mod args;
 mod help_check;
+pub mod mix_args;
 pub mod settings;
 pub mod values;
 
 pub use args::*;
 use clap::{Parser, Subcommand};
+pub use mix_args::{MixArgs, MixName, MixPrint};
 pub use values::{DTypeArg, MaxBad, Phases, ProbeKind, Shard};
 
 /// Pick the most valuable samples of a long-context instruction dataset (GATEAU).

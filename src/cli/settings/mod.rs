@@ -16,7 +16,7 @@ pub use score::{parse_devices, ScoreSettings, ShortSpec};
 pub use summary::{device_name, dtype_name};
 pub use tools::{
     bench_settings, eval_settings, BenchSettings, CompareSettings, EvalSettings, InspectSettings,
-    ProbeRun, ProbeSettings,
+    MixSource, ProbeRun, ProbeSettings,
 };
 
 use crate::cli::DTypeArg;

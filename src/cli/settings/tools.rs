@@ -3,7 +3,9 @@
 
 use super::{positive, resolve_dtype, RankSettings};
 use crate::checkpoint::ModelSpec;
-use crate::cli::{BenchArgs, CompareArgs, EvalArgs, InspectArgs, ProbeArgs, ProbeKind};
+use crate::cli::{
+    BenchArgs, CompareArgs, EvalArgs, InspectArgs, MixArgs, MixName, MixPrint, ProbeArgs, ProbeKind,
+};
 use crate::input::chat::TemplateKind;
 use crate::input::template::Template;
 use crate::model::dispatch::AttentionKernel;
@@ -35,6 +37,25 @@ pub struct BenchSettings {
     pub json: Option<std::path::PathBuf>,
     pub profile: bool,
     pub small_segments: usize,
+    /// Whole samples over a length distribution instead of the --ctx phases.
+    pub mix: Option<MixSource>,
+    /// With a mix: print this and exit.
+    pub print: Option<MixPrint>,
+    /// Representative samples of the mix for the PyTorch anchor (0: every sample).
+    pub anchor_points: usize,
+}
+
+/// Where `gateau bench`'s mix of whole samples comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MixSource {
+    /// A built-in distribution, `samples` drawn with `seed`.
+    Builtin {
+        name: MixName,
+        samples: usize,
+        seed: u64,
+    },
+    /// A --lengths file.
+    File(PathBuf),
 }
 
 impl BenchSettings {
@@ -70,7 +91,27 @@ pub fn bench_settings(a: &BenchArgs) -> Result<BenchSettings> {
         json: a.json.clone(),
         profile: a.profile,
         small_segments: a.small_segments,
+        mix: mix_source(&a.mix)?,
+        print: a.mix.print,
+        anchor_points: a.mix.anchor_points,
     })
+}
+
+/// The mix `--mix` or `--lengths` names, if any.
+fn mix_source(m: &MixArgs) -> Result<Option<MixSource>> {
+    let source = match (m.mix, &m.lengths) {
+        (Some(name), _) => Some(MixSource::Builtin {
+            name,
+            samples: positive(m.mix_samples, "--mix-samples")?,
+            seed: m.mix_seed,
+        }),
+        (None, Some(p)) => Some(MixSource::File(p.clone())),
+        (None, None) => None,
+    };
+    if source.is_none() && m.print.is_some() {
+        bail!("--print needs a mix: --mix NAME or --lengths FILE");
+    }
+    Ok(source)
 }
 
 /// What `eval` needs beyond the ranking settings.
