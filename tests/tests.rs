@@ -1,6 +1,7 @@
 //! gateau's integration tests: one binary, one module per area.
 
 mod bench_cli;
+mod bucket;
 mod chat_template;
 mod common;
 mod dry_run;
