@@ -74,14 +74,15 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
     }
     let cfg = s.shape.config();
     crate::model::configure_matmul(&device, s.dtype);
-    let dispatch = Dispatch::resolve(s.attention)?;
+    let dispatch = Dispatch::resolve(s.attention)?.with_bucket(s.bucket);
     let attention = dispatch.describe().to_string();
     let peak = matmul_peak(&device, s.dtype)?;
     eprintln!(
-        "gateau bench: {} on {}, {}, attention {attention}: matmul {peak:.1} TFLOP/s",
+        "gateau bench: {} on {}, {}, attention {attention}, bucket {}: matmul {peak:.1} TFLOP/s",
         crate::rank::recipe::value_name(s.shape),
         crate::cli::settings::device_name(&device),
-        crate::cli::settings::dtype_name(s.dtype)
+        crate::cli::settings::dtype_name(s.dtype),
+        s.bucket
     );
     let model = random_model(&cfg, &device, s.dtype, dispatch)?;
     let budget = s.max_batch_tokens.unwrap_or_else(|| {
@@ -176,6 +177,9 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
     }
     if s.small_segments > 0 {
         results.extend(small_samples(&s, &model, &device, (peak, budget))?);
+    }
+    if let Some(b) = model.bucket_summary() {
+        eprintln!("gateau bench: bucket {}: {b}", s.bucket);
     }
     let lines: Vec<String> = results
         .iter()
@@ -413,6 +417,7 @@ mod tests {
             device: DeviceChoice::Cpu,
             dtype: DType::F32,
             attention: crate::model::dispatch::AttentionKernel::Auto,
+            bucket: crate::model::bucket::Bucket::Auto,
             json: None,
             profile: true,
             small_segments: 3,

@@ -149,6 +149,11 @@ pub struct BenchArgs {
     /// Kernel for the causal attention outputs on CUDA with bf16/f16 (as in `score`).
     #[arg(long, value_enum, value_name = "KERNEL", default_value = "auto")]
     pub attention: AttentionKernel,
+    /// Attention length buckets of the full passes (as in `score`): auto, 0 (off) or a
+    /// multiple of N tokens. Every timed run repeats one length, so this times the padding's
+    /// cost, not the graphs it saves.
+    #[arg(long, value_name = "TOKENS", default_value = "auto")]
+    pub bucket: Bucket,
     /// Also write the JSON lines to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

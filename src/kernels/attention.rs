@@ -291,10 +291,31 @@ pub fn causal_attention_padded(
     })
 }
 
+/// gateau's chunked kernels in the `[B, T, H, hd]` layout.
+pub fn chunked_causal(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    chunked_causal_real(q, k, v, q.dim(1)?)
+}
+
+/// [`chunked_causal`] of operands whose rows from `real` on are padding: the real rows are
+/// chunked as in a pass of `real` rows, so their outputs are that pass's, bit for bit.
+pub fn chunked_causal_real(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    real: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, t, h, _) = q.dims4()?;
+    let heads = |x: &Tensor| x.transpose(1, 2)?.contiguous();
+    let plan = Plan::padded(b, h, t, real, None, q.device())?;
+    causal_attention(&heads(q)?, &heads(k)?, &heads(v)?, &plan)?
+        .out
+        .transpose(1, 2)?
+        .contiguous()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::dispatch::chunked_causal;
 
     #[test]
     fn chunks_cover_rows_and_respect_split() {

@@ -11,7 +11,6 @@
 //! real length, exactly as without buckets. The bucket comes from the pass's own length
 //! only, so no record depends on the samples before it.
 
-use super::dispatch::{AttentionKernel, BatchPlan, Dispatch};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -122,21 +121,6 @@ impl<'de> Deserialize<'de> for Bucket {
     }
 }
 
-impl Dispatch {
-    /// The length the attention of `b` sequences of `t` tokens runs on under `plan`
-    /// (see [`super::bucket`]): single sequences only, and under auto only where the
-    /// padded pass runs on a cuDNN graph (`fused`: the layer outputs come from a fused
-    /// kernel, i.e. CUDA with 16-bit heads). From the pass's own length alone.
-    pub fn attention_len(&self, b: usize, t: usize, plan: &BatchPlan, fused: bool) -> usize {
-        if b != 1 {
-            return t;
-        }
-        self.bucket().padded(t, |len| {
-            fused && self.kernel_for(1, len, plan) == AttentionKernel::Cudnn
-        })
-    }
-}
-
 /// What bucketing did in one model's passes (logging only; it changes no number).
 #[derive(Debug, Default)]
 pub struct BucketStats {
@@ -184,6 +168,7 @@ impl BucketStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::dispatch::{AttentionKernel, BatchPlan, Dispatch};
 
     /// Worked by hand: 2^13 = 8192 / 64 = 128; 2^14 / 64 = 256; 2^15 / 64 = 512.
     #[test]

@@ -9,7 +9,7 @@
 //! chunked f32 path.
 
 use super::bucket::Bucket;
-use crate::kernels::attention::{causal_attention, Plan};
+use crate::kernels::attention::chunked_causal_real;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -214,6 +214,19 @@ impl Dispatch {
         self.bucket
     }
 
+    /// The length the attention of `b` sequences of `t` tokens runs on under `plan`
+    /// (see [`super::bucket`]): single sequences only, and under auto only where the
+    /// padded pass runs on a cuDNN graph (`fused`: the layer outputs come from a fused
+    /// kernel, i.e. CUDA with 16-bit heads). From the pass's own length alone.
+    pub fn attention_len(&self, b: usize, t: usize, plan: &BatchPlan, fused: bool) -> usize {
+        if b != 1 {
+            return t;
+        }
+        self.bucket().padded(t, |len| {
+            fused && self.kernel_for(1, len, plan) == AttentionKernel::Cudnn
+        })
+    }
+
     /// What runs, in words.
     pub fn describe(&self) -> &str {
         &self.description
@@ -363,28 +376,6 @@ impl Dispatch {
             bucket: Bucket::Auto,
         }
     }
-}
-
-/// gateau's chunked kernels in the `[B, T, H, hd]` layout.
-pub fn chunked_causal(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
-    chunked_causal_real(q, k, v, q.dim(1)?)
-}
-
-/// [`chunked_causal`] of operands whose rows from `real` on are padding: the real rows are
-/// chunked as in a pass of `real` rows, so their outputs are that pass's, bit for bit.
-fn chunked_causal_real(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    real: usize,
-) -> candle_core::Result<Tensor> {
-    let (b, t, h, _) = q.dims4()?;
-    let heads = |x: &Tensor| x.transpose(1, 2)?.contiguous();
-    let plan = Plan::padded(b, h, t, real, None, q.device())?;
-    causal_attention(&heads(q)?, &heads(k)?, &heads(v)?, &plan)?
-        .out
-        .transpose(1, 2)?
-        .contiguous()
 }
 
 /// None: not built with cuDNN; else the loaded version or why it cannot be loaded.
