@@ -2,6 +2,7 @@
 
 mod bench_cli;
 mod bench_mix;
+mod bucket;
 mod chat_template;
 mod common;
 mod dry_run;

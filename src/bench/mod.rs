@@ -164,6 +164,9 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
     if s.small_segments > 0 {
         results.extend(small_samples(&s, &model, &device, (peak, budget))?);
     }
+    if let Some(b) = model.bucket_summary() {
+        eprintln!("gateau bench: bucket {}: {b}", s.bucket);
+    }
     let lines: Vec<String> = results
         .iter()
         .map(serde_json::to_string)
@@ -189,14 +192,15 @@ fn setup(s: &BenchSettings) -> Result<(Device, Llama, f64, usize)> {
     if s.fp8 {
         crate::model::check_fp8(&device)?;
     }
-    let dispatch = Dispatch::resolve(s.attention)?;
+    let dispatch = Dispatch::resolve(s.attention)?.with_bucket(s.bucket);
     let attention = dispatch.describe().to_string();
     let peak = matmul_peak(&device, s.dtype)?;
     eprintln!(
-        "gateau bench: {} on {}, {}, attention {attention}: matmul {peak:.1} TFLOP/s",
+        "gateau bench: {} on {}, {}, attention {attention}, bucket {}: matmul {peak:.1} TFLOP/s",
         crate::rank::recipe::value_name(s.shape),
         crate::cli::settings::device_name(&device),
-        s.dtype_label()
+        s.dtype_label(),
+        s.bucket
     );
     let mut model = random_model(&cfg, &device, s.dtype, dispatch)?;
     if s.fp8 {
@@ -471,6 +475,7 @@ mod tests {
             dtype: DType::F32,
             fp8: false,
             attention: crate::model::dispatch::AttentionKernel::Auto,
+            bucket: crate::model::bucket::Bucket::Auto,
             json: None,
             profile: true,
             small_segments: 3,

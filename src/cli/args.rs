@@ -2,6 +2,7 @@
 //! unset fall back to the config file, then to the built-in paper settings (`settings`).
 
 use super::values::{DTypeArg, MaxBad, Phases, ProbeKind, Shard};
+use crate::model::bucket::Bucket;
 use crate::model::dispatch::AttentionKernel;
 use crate::model::shapes::Shape;
 use crate::model::DeviceChoice;
@@ -148,6 +149,11 @@ pub struct BenchArgs {
     /// Kernel for the causal attention outputs on CUDA with bf16/f16 (as in `score`).
     #[arg(long, value_enum, value_name = "KERNEL", default_value = "auto")]
     pub attention: AttentionKernel,
+    /// Attention length buckets of the full passes (as in `score`): auto, 0 (off) or a
+    /// multiple of N tokens. Every timed run repeats one length, so this times the padding's
+    /// cost, not the graphs it saves.
+    #[arg(long, value_name = "TOKENS", default_value = "auto")]
+    pub bucket: Bucket,
     /// Also write the JSON lines to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -263,6 +269,14 @@ pub struct PassArgs {
     /// 0 on the CPU].
     #[arg(long, value_name = "TOKENS")]
     pub pack_below: Option<usize>,
+    /// Pad the attention of single-sequence passes (full, window, IFD) at the end up to a
+    /// bucket length, so that cuDNN graphs (about 65 ms per new length) serve every sample
+    /// of a bucket; the records do not change (padding after the last position, under the
+    /// causal mask). auto: only passes whose attention runs on a cuDNN graph, rounded to
+    /// max(128, 2^floor(log2 T) / 64) tokens (at most 1.6% more attention); 0: never; N:
+    /// every such pass, to a multiple of N tokens, whatever the kernel [default: auto].
+    #[arg(long, value_name = "TOKENS")]
+    pub bucket: Option<Bucket>,
     /// auto: both models stay on the GPU when they and a --max-len pass fit, else two
     /// phases (the short model over every sample, then the long model); one; two
     /// [default: auto].

@@ -63,6 +63,9 @@ pub struct Plan {
     /// One triangle per distinct chunk height.
     masks: Vec<(usize, Tensor)>,
     capture_from: Option<usize>,
+    /// Rows from here on are padding (see `model::bucket`): chunked apart from the real
+    /// rows and never captured.
+    real: usize,
 }
 
 impl Plan {
@@ -74,8 +77,22 @@ impl Plan {
         capture_from: Option<usize>,
         device: &Device,
     ) -> candle_core::Result<Self> {
-        let rows = (score_budget(device) / (b * h * t).max(1)).max(16);
-        Self::with_rows(t, capture_from, rows, device)
+        Self::padded(b, h, t, t, capture_from, device)
+    }
+
+    /// The plan of a pass of `real` rows whose operands carry padding rows up to `t`: the
+    /// real rows are chunked exactly as in [`Plan::new`] for `real` rows (so their results
+    /// are that pass's, bit for bit), the padding rows after them in chunks of their own.
+    pub fn padded(
+        b: usize,
+        h: usize,
+        t: usize,
+        real: usize,
+        capture_from: Option<usize>,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let rows = (score_budget(device) / (b * h * real).max(1)).max(16);
+        Self::with_rows_padded(t, real, capture_from, rows, device)
     }
 
     pub fn with_rows(
@@ -84,7 +101,20 @@ impl Plan {
         rows: usize,
         device: &Device,
     ) -> candle_core::Result<Self> {
-        let chunks = row_chunks(t, capture_from.unwrap_or(t), rows);
+        Self::with_rows_padded(t, t, capture_from, rows, device)
+    }
+
+    fn with_rows_padded(
+        t: usize,
+        real: usize,
+        capture_from: Option<usize>,
+        rows: usize,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let real = real.min(t);
+        let mut chunks = row_chunks(real, capture_from.unwrap_or(real), rows);
+        let pad = row_chunks(t - real, t - real, rows);
+        chunks.extend(pad.into_iter().map(|(s, e)| (s + real, e + real)));
         let mut masks: Vec<(usize, Tensor)> = Vec::new();
         for &(s, e) in &chunks {
             if !masks.iter().any(|m| m.0 == e - s) {
@@ -95,6 +125,7 @@ impl Plan {
             chunks,
             masks,
             capture_from,
+            real,
         })
     }
 
@@ -157,11 +188,12 @@ fn f32_inputs(q: &Tensor, k: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
 /// rows are converted to f32.
 pub fn capture_mass(q: &Tensor, k: &Tensor, plan: &Plan) -> candle_core::Result<Tensor> {
     let (b, _, t, _) = q.dims4()?;
-    let split = plan.capture_from.unwrap_or(t);
-    let (q32, k32) = f32_inputs(&q.narrow(2, split, t - split)?, k)?;
+    let real = plan.real.min(t);
+    let split = plan.capture_from.unwrap_or(real).min(real);
+    let (q32, k32) = f32_inputs(&q.narrow(2, split, real - split)?, k)?;
     let mut mass = Tensor::zeros((b, t), DType::F32, q.device())?;
     let dev = q.device();
-    for &(s, e) in plan.chunks.iter().filter(|c| c.0 >= split) {
+    for &(s, e) in plan.chunks.iter().filter(|c| c.0 >= split && c.0 < real) {
         let probs = op(dev, "capture_probs", || {
             chunk_probs(&q32, split, &k32, plan, (s, e))
         })?;
@@ -213,7 +245,7 @@ pub fn causal_attention(
     for &(s, e) in &plan.chunks {
         let n = e - s;
         let probs = chunk_probs(&q32, 0, &k32, plan, (s, e))?;
-        if s >= split {
+        if s >= split && s < plan.real {
             let m = probs.sum(D::Minus2)?.sum(2)?.sum(1)?; // [B, e]
             let m = m.pad_with_zeros(1, 0, t - e)?;
             mass = Some(match mass {
@@ -237,10 +269,53 @@ pub fn causal_attention(
     Ok(AttentionOutput { out, mass })
 }
 
+/// [`causal_attention`] run on `len >= T` rows: q, k and v `[B, H, T, hd]` get zero rows
+/// appended up to `len` (`plan` made by [`Plan::padded`] for them), and the output and mass
+/// are cut back to the `T` real rows, which the causal mask keeps from the appended ones.
+pub fn causal_attention_padded(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    plan: &Plan,
+    len: usize,
+) -> candle_core::Result<AttentionOutput> {
+    let t = q.dim(2)?;
+    if len <= t {
+        return causal_attention(q, k, v, plan);
+    }
+    let pad = |x: &Tensor| x.pad_with_zeros(2, 0, len - t);
+    let a = causal_attention(&pad(q)?, &pad(k)?, &pad(v)?, plan)?;
+    Ok(AttentionOutput {
+        out: a.out.narrow(2, 0, t)?,
+        mass: a.mass.map(|m| m.narrow(1, 0, t)).transpose()?,
+    })
+}
+
+/// gateau's chunked kernels in the `[B, T, H, hd]` layout.
+pub fn chunked_causal(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    chunked_causal_real(q, k, v, q.dim(1)?)
+}
+
+/// [`chunked_causal`] of operands whose rows from `real` on are padding: the real rows are
+/// chunked as in a pass of `real` rows, so their outputs are that pass's, bit for bit.
+pub fn chunked_causal_real(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    real: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, t, h, _) = q.dims4()?;
+    let heads = |x: &Tensor| x.transpose(1, 2)?.contiguous();
+    let plan = Plan::padded(b, h, t, real, None, q.device())?;
+    causal_attention(&heads(q)?, &heads(k)?, &heads(v)?, &plan)?
+        .out
+        .transpose(1, 2)?
+        .contiguous()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::dispatch::chunked_causal;
 
     #[test]
     fn chunks_cover_rows_and_respect_split() {
@@ -316,6 +391,44 @@ pub(crate) mod tests {
         let thd = |x: &Tensor| x.transpose(1, 2).unwrap().contiguous().unwrap();
         let out = chunked_causal(&thd(&q), &thd(&k), &thd(&v)).unwrap();
         assert!(max_diff(&out, &thd(&full.out)) < 1e-6);
+    }
+
+    /// Zero rows appended after the last position change no real row's output or mass, bit
+    /// for bit, when the real rows are chunked as in the unpadded pass (`Plan::padded`);
+    /// with `rows` 4, 23 real rows chunked 9 + 14 and the 18 padding rows after them.
+    #[test]
+    fn padding_at_the_end_changes_nothing() {
+        let dev = Device::Cpu;
+        let (t, len) = (23, 41);
+        let q = Tensor::randn(0f32, 1.0, (1, 6, t, 4), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (1, 2, t, 4), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (1, 2, t, 4), &dev).unwrap();
+        let plain = Plan::with_rows(t, Some(9), 4, &dev).unwrap();
+        let padded = Plan::with_rows_padded(len, t, Some(9), 4, &dev).unwrap();
+        assert_eq!(padded.chunks[..plain.chunks.len()], plain.chunks[..]);
+        assert_eq!(padded.chunks.last(), Some(&(39, 41)));
+        let a = causal_attention(&q, &k, &v, &plain).unwrap();
+        let b = causal_attention_padded(&q, &k, &v, &padded, len).unwrap();
+        let flat = |x: &Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(b.out.dims(), a.out.dims());
+        assert_eq!(flat(&a.out), flat(&b.out));
+        assert_eq!(
+            flat(a.mass.as_ref().unwrap()),
+            flat(b.mass.as_ref().unwrap())
+        );
+        // The capture alone skips the padding rows too.
+        let qp = q.pad_with_zeros(2, 0, len - t).unwrap();
+        let kp = k.pad_with_zeros(2, 0, len - t).unwrap();
+        let m = capture_mass(&qp, &kp, &padded)
+            .unwrap()
+            .narrow(1, 0, t)
+            .unwrap();
+        assert_eq!(flat(&m), flat(&capture_mass(&q, &k, &plain).unwrap()));
+        // Through the plan the model makes: the same chunks for the real rows.
+        let made = Plan::padded(1, 6, len, t, Some(9), &dev).unwrap();
+        let alone = Plan::new(1, 6, t, Some(9), &dev).unwrap();
+        assert_eq!(made.chunks[..alone.chunks.len()], alone.chunks[..]);
+        assert_eq!(made.real, t);
     }
 
     #[test]

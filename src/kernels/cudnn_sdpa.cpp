@@ -67,9 +67,12 @@ Key key_of(const GateauSdpa &s) {
     return Key{s.device, s.dtype, s.b, s.t, s.hq, s.hkv, s.d, strides(s), s.scale};
 }
 
-// Graphs beyond this many shapes are dropped (oldest first): a run over samples of many
-// lengths would otherwise keep one execution plan per length.
-constexpr size_t MAX_GRAPHS = 16;
+// Graphs beyond this many shapes are dropped: a run over samples of many lengths would
+// otherwise keep one execution plan per length. With `--bucket auto` the single-sequence
+// passes of 8k to 128k tokens take at most 4 x 64 + 1 lengths, each reused by every sample
+// of its bucket; segment batches (b > 1) bring new shapes with every sample and are
+// rarely met again, so they go first (oldest first), then the oldest single sequence.
+constexpr size_t MAX_GRAPHS = 320;
 
 struct Cache {
     std::map<int32_t, cudnnHandle_t> handles;
@@ -151,13 +154,21 @@ fe::graph::Graph *graph(const GateauSdpa &s, std::string &why) {
         return nullptr;
     }
     if (c.graphs.size() >= MAX_GRAPHS) {
-        auto oldest = c.graphs.begin();
+        // The key's third field is b: batches (b > 1) before single sequences, then LRU.
+        auto evict_first = [](const auto &a, const auto &b) {
+            bool batch_a = std::get<2>(a.first) > 1, batch_b = std::get<2>(b.first) > 1;
+            if (batch_a != batch_b) {
+                return batch_a;
+            }
+            return a.second.second < b.second.second;
+        };
+        auto victim = c.graphs.begin();
         for (auto i = c.graphs.begin(); i != c.graphs.end(); ++i) {
-            if (i->second.second < oldest->second.second) {
-                oldest = i;
+            if (evict_first(*i, *victim)) {
+                victim = i;
             }
         }
-        c.graphs.erase(oldest);
+        c.graphs.erase(victim);
     }
     auto *raw = g.get();
     c.graphs.emplace(key, std::make_pair(std::move(g), ++c.clock));

@@ -8,7 +8,8 @@
 //! is exact attention with f32 softmax statistics; the GPU tests compare each one with the
 //! chunked f32 path.
 
-use crate::kernels::attention::{causal_attention, Plan};
+use super::bucket::Bucket;
+use crate::kernels::attention::chunked_causal_real;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,6 +122,8 @@ pub struct Dispatch {
     cudnn_failed: AtomicBool,
     /// What runs, in words, for the settings line.
     description: String,
+    /// How single-sequence passes round their attention length (`--bucket`).
+    bucket: Bucket,
 }
 
 impl Clone for Dispatch {
@@ -130,6 +133,7 @@ impl Clone for Dispatch {
             explicit: self.explicit,
             cudnn_failed: AtomicBool::new(self.cudnn_failed.load(Ordering::Relaxed)),
             description: self.description.clone(),
+            bucket: self.bucket,
         }
     }
 }
@@ -142,6 +146,7 @@ impl Dispatch {
             explicit: false,
             cudnn_failed: AtomicBool::new(false),
             description: "chunked".into(),
+            bucket: Bucket::Off,
         }
     }
 
@@ -194,6 +199,31 @@ impl Dispatch {
             explicit: choice == AttentionKernel::Cudnn,
             cudnn_failed: AtomicBool::new(false),
             description,
+            bucket: Bucket::Auto,
+        })
+    }
+
+    /// This dispatch with `--bucket` set to `bucket`.
+    pub fn with_bucket(mut self, bucket: Bucket) -> Self {
+        self.bucket = bucket;
+        self
+    }
+
+    /// The `--bucket` setting this dispatch pads by.
+    pub fn bucket(&self) -> Bucket {
+        self.bucket
+    }
+
+    /// The length the attention of `b` sequences of `t` tokens runs on under `plan`
+    /// (see [`super::bucket`]): single sequences only, and under auto only where the
+    /// padded pass runs on a cuDNN graph (`fused`: the layer outputs come from a fused
+    /// kernel, i.e. CUDA with 16-bit heads). From the pass's own length alone.
+    pub fn attention_len(&self, b: usize, t: usize, plan: &BatchPlan, fused: bool) -> usize {
+        if b != 1 {
+            return t;
+        }
+        self.bucket().padded(t, |len| {
+            fused && self.kernel_for(1, len, plan) == AttentionKernel::Cudnn
         })
     }
 
@@ -267,6 +297,38 @@ impl Dispatch {
         v: &Tensor,
         plan: &BatchPlan,
     ) -> candle_core::Result<Tensor> {
+        self.causal_padded(q, k, v, plan, q.dim(1)?)
+    }
+
+    /// [`Self::causal`] run on `len >= T` positions: q, k and v get `len - T` zero rows
+    /// after their last one and the output is cut back to the first `T` rows, which under
+    /// the causal mask never see the appended ones (see [`super::bucket`]).
+    pub fn causal_padded(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        plan: &BatchPlan,
+        len: usize,
+    ) -> candle_core::Result<Tensor> {
+        let t = q.dim(1)?;
+        if len <= t {
+            return self.run(q, k, v, plan, t);
+        }
+        let pad = |x: &Tensor| x.pad_with_zeros(1, 0, len - t);
+        self.run(&pad(q)?, &pad(k)?, &pad(v)?, plan, t)?
+            .narrow(1, 0, t)
+    }
+
+    /// The kernel on operands whose first `real` rows are the pass's (the rest padding).
+    fn run(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        plan: &BatchPlan,
+        real: usize,
+    ) -> candle_core::Result<Tensor> {
         #[cfg(any(feature = "cudnn", feature = "flash-attn"))]
         if q.device().is_cuda() && q.dtype() != DType::F32 {
             let scale = 1.0 / (q.dim(3)? as f32).sqrt();
@@ -286,7 +348,7 @@ impl Dispatch {
                             "gateau: warning: cuDNN attention failed ({e}); using {} from here on",
                             self.current()
                         );
-                        return self.causal(q, k, v, plan);
+                        return self.run(q, k, v, plan, real);
                     }
                 },
                 #[cfg(feature = "flash-attn")]
@@ -298,19 +360,22 @@ impl Dispatch {
         }
         #[cfg(not(any(feature = "cudnn", feature = "flash-attn")))]
         let _ = plan;
-        chunked_causal(q, k, v)
+        chunked_causal_real(q, k, v, real)
     }
 }
 
-/// gateau's chunked kernels in the `[B, T, H, hd]` layout.
-pub fn chunked_causal(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, t, h, _) = q.dims4()?;
-    let heads = |x: &Tensor| x.transpose(1, 2)?.contiguous();
-    let plan = Plan::new(b, h, t, None, q.device())?;
-    causal_attention(&heads(q)?, &heads(k)?, &heads(v)?, &plan)?
-        .out
-        .transpose(1, 2)?
-        .contiguous()
+#[cfg(test)]
+impl Dispatch {
+    /// What auto resolves to where cuDNN loads (for tests on any machine).
+    pub(crate) fn auto_cudnn() -> Self {
+        Self {
+            kernel: AttentionKernel::Cudnn,
+            explicit: false,
+            cudnn_failed: AtomicBool::new(false),
+            description: String::new(),
+            bucket: Bucket::Auto,
+        }
+    }
 }
 
 /// None: not built with cuDNN; else the loaded version or why it cannot be loaded.
@@ -357,12 +422,7 @@ mod tests {
     /// run on cuDNN, the rest on flash; without a plan nothing small goes to cuDNN.
     #[test]
     fn auto_sends_planned_shapes_and_long_sequences_to_cudnn() {
-        let d = Dispatch {
-            kernel: AttentionKernel::Cudnn,
-            explicit: false,
-            cudnn_failed: AtomicBool::new(false),
-            description: String::new(),
-        };
+        let d = Dispatch::auto_cudnn();
         let plan = BatchPlan::new([(64, 705); 2], 32, 32);
         let small = if cfg!(feature = "flash-attn") {
             AttentionKernel::Flash

@@ -5,13 +5,14 @@
 //! Layout mirrors HF checkpoints (`model.layers.N.self_attn.q_proj`, ...), so the same code
 //! loads safetensors folders and (renamed, un-permuted) GGUF tensors.
 
+use super::bucket::{Bucket, BucketStats};
 use super::config::ModelConfig;
 use super::dispatch::{BatchPlan, Dispatch};
 use super::heads::heads_checked;
 use super::layer::Layer;
 use super::quantize::Fp8Scales;
 use super::spans::{Packing, Span};
-use crate::kernels::attention::{capture_mass_thd, causal_attention, Plan};
+use crate::kernels::attention::{capture_mass_thd, causal_attention_padded, Plan};
 use crate::kernels::fused::{self, HeadShape, Heads};
 use crate::kernels::profile::op;
 use anyhow::{bail, Result};
@@ -49,6 +50,8 @@ pub struct Llama {
     f16_heads: bool,
     /// Whether the overflow warning was printed (logging only; it changes no number).
     warned: AtomicBool,
+    /// What `--bucket` padded in this model's passes (logging only).
+    bucket_stats: BucketStats,
 }
 
 impl Llama {
@@ -72,6 +75,7 @@ impl Llama {
             split: dispatch.fused_available(embed.device(), embed.dtype()),
             f16_heads: embed.dtype() == DType::BF16,
             warned: AtomicBool::new(false),
+            bucket_stats: BucketStats::default(),
             dispatch,
             device: embed.device().clone(),
             dtype: embed.dtype(),
@@ -116,6 +120,21 @@ impl Llama {
     /// The attention dispatch this model runs.
     pub fn dispatch(&self) -> &Dispatch {
         &self.dispatch
+    }
+
+    /// Sets `--bucket` for this model's passes (see [`super::bucket`]).
+    pub fn set_bucket(&mut self, bucket: Bucket) {
+        self.dispatch = self.dispatch.clone().with_bucket(bucket);
+    }
+
+    /// The length the attention of a `(b, t)` pass of this model runs on under `plan`.
+    pub fn attention_len(&self, (b, t): (usize, usize), plan: &BatchPlan) -> usize {
+        self.dispatch.attention_len(b, t, plan, self.split)
+    }
+
+    /// What bucketing padded so far, in words (None when no pass was padded).
+    pub fn bucket_summary(&self) -> Option<String> {
+        self.bucket_stats.summary()
     }
 
     /// The plan for forward passes of these `(B, T)` shapes about to run, so that the
@@ -234,7 +253,16 @@ impl Llama {
             true => (cos, sin),
             false => (cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?),
         };
-        let plan = Plan::new(b, nh, t, capture_from, &self.device)?;
+        // The attention length (a bucket, `--bucket`): the split path pads inside the
+        // dispatch, the chunked kernel here; everything else runs on the `t` real rows.
+        let len = match packed {
+            None => self.attention_len((b, t), batch_plan),
+            Some(_) => t,
+        };
+        let plan = match self.split {
+            true => Plan::new(b, nh, t, capture_from, &self.device)?,
+            false => Plan::padded(b, nh, len, t, capture_from, &self.device)?,
+        };
         let packing = match packed {
             Some(spans) => Some(Packing::new(spans, nh, &self.device)?),
             None => None,
@@ -268,7 +296,7 @@ impl Llama {
                     false => None,
                 };
                 let out = op(dev, "attention", || match &packing {
-                    None => self.dispatch.causal(&q, &k, &v, batch_plan),
+                    None => self.dispatch.causal_padded(&q, &k, &v, batch_plan, len),
                     Some(p) => p.causal_thd(&q, &k, &v, &self.dispatch),
                 })?;
                 (out.reshape((b, t, nh * hd))?.to_dtype(self.dtype)?, m)
@@ -289,7 +317,7 @@ impl Llama {
                     ))
                 })?;
                 let a = op(dev, "attention (+capture)", || match &packing {
-                    None => causal_attention(&q, &k, &v, &plan),
+                    None => causal_attention_padded(&q, &k, &v, &plan, len),
                     Some(p) => p.causal(&q, &k, &v),
                 })?;
                 let out = a.out.transpose(1, 2)?.reshape((b, t, nh * hd))?;
@@ -394,6 +422,10 @@ impl Llama {
             .iter()
             .flat_map(|s| s[score_from..].iter().copied())
             .collect();
+        if b == 1 {
+            self.bucket_stats
+                .record(t, self.attention_len((b, t), plan));
+        }
         self.with_heads_checked(|heads| {
             let capture_from = capture.then_some(score_from);
             let (x, mass, overflow) =

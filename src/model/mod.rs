@@ -2,6 +2,7 @@
 //! ids: the model configuration and RoPE, the decoder layers, the attention dispatch (which
 //! kernel computes the layer outputs, a value the model owns), packed spans, and devices.
 
+pub mod bucket;
 pub mod config;
 pub mod device;
 pub mod dispatch;

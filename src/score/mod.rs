@@ -38,7 +38,7 @@ pub fn run(mut s: ScoreSettings) -> Result<ExitCode> {
     let dtype = resolve_dtype(s.dtype, &device);
     model::check_fp8(&device)?;
     model::configure_matmul(&device, dtype);
-    let dispatch = Dispatch::resolve(s.attention)?;
+    let dispatch = Dispatch::resolve(s.attention)?.with_bucket(s.bucket);
     let long_cfg: ModelConfig = crate::checkpoint::model_config(&s.long_spec())?;
     let context_warning = crate::score::pair::check_context(&s, &long_cfg)?;
     if !s.quiet {
@@ -147,6 +147,9 @@ fn score_all(
     }
     if let Some(msg) = packer.summary().filter(|_| !s.quiet) {
         progress.println(&format!("gateau score: {msg}"));
+    }
+    for msg in models.bucket_summaries().into_iter().filter(|_| !s.quiet) {
+        progress.println(&format!("gateau score: bucket {}: {msg}", s.bucket));
     }
     if two_phases {
         two_phase::done(s);

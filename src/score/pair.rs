@@ -122,6 +122,21 @@ impl Models {
         })
     }
 
+    /// What `--bucket` padded in each model's passes ("long model: ...", "short model:
+    /// ..."), for the models that padded any.
+    pub fn bucket_summaries(&self) -> Vec<String> {
+        let short = self.short.as_ref().map(|m| ("short", m));
+        [("long", &self.long)]
+            .into_iter()
+            .chain(short)
+            .filter_map(|(name, m)| {
+                m.llama
+                    .bucket_summary()
+                    .map(|s| format!("{name} model: {s}"))
+            })
+            .collect()
+    }
+
     pub fn short_name(&self) -> String {
         match (&self.given, &self.short) {
             (Some(_), _) => "(computed in the first phase)".into(),

@@ -158,6 +158,9 @@ fn worker(
         if let Some(msg) = packer.summary().filter(|_| !s.quiet) {
             eprintln!("gateau score: on {choice}: {msg}");
         }
+        for msg in models.bucket_summaries().into_iter().filter(|_| !s.quiet) {
+            eprintln!("gateau score: on {choice}: bucket {}: {msg}", s.bucket);
+        }
     }
 }
 
@@ -168,7 +171,7 @@ pub fn run(mut s: ScoreSettings) -> Result<std::process::ExitCode> {
              --shard I/N (each may use two phases)"
         );
     }
-    let dispatch = Dispatch::resolve(s.attention)?;
+    let dispatch = Dispatch::resolve(s.attention)?.with_bucket(s.bucket);
     let names: Vec<String> = s.devices.iter().map(|d| d.to_string()).collect();
     let started = Instant::now();
     // One fingerprint for every record: the workers must compute in one dtype.

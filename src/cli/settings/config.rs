@@ -35,6 +35,7 @@ pub struct ConfigFile {
     pub max_segments: Option<usize>,
     pub max_batch_tokens: Option<usize>,
     pub pack_below: Option<usize>,
+    pub bucket: Option<crate::model::bucket::Bucket>,
     pub alpha: Option<f64>,
     pub ratio: Option<f64>,
     pub top: Option<usize>,

@@ -137,6 +137,7 @@ pub fn score_sources(a: &ScoreArgs, o: &Origins, short_window: bool) -> Sources 
         ("max_segments", p.max_segments.is_some()),
         ("max_batch_tokens", p.max_batch_tokens.is_some()),
         ("pack_below", p.pack_below.is_some()),
+        ("bucket", p.bucket.is_some()),
         ("phases", p.phases.is_some()),
         ("with_ifd", a.with_ifd),
         ("token_nll", a.token_nll),

@@ -8,6 +8,7 @@ use crate::cli::{DTypeArg, MaxBad, Phases, ScoreArgs, Shard};
 use crate::files::{check_outputs, Named};
 use crate::input::chat::{ChatTemplate, TemplateKind};
 use crate::input::template::Template;
+use crate::model::bucket::Bucket;
 use crate::model::dispatch::AttentionKernel;
 use crate::model::DeviceChoice;
 use anyhow::{anyhow, bail, Result};
@@ -66,6 +67,8 @@ pub struct ScoreSettings {
     pub max_batch_tokens: Option<usize>,
     /// None: the device's default ([`crate::score::memory::default_pack_below`]).
     pub pack_below: Option<usize>,
+    /// `--bucket`: the attention length of single-sequence passes.
+    pub bucket: Bucket,
     pub phases: Phases,
     pub with_ifd: bool,
     /// Keep the per-token response NLL of both models in every record.
@@ -233,6 +236,7 @@ impl ScoreSettings {
                 .map(|v| positive(v, "--max-batch-tokens"))
                 .transpose()?,
             pack_below: p.pack_below.or(c.pack_below),
+            bucket: p.bucket.or(c.bucket).unwrap_or_default(),
             phases: p.phases.or(c.phases).unwrap_or(Phases::Auto),
             with_ifd: a.with_ifd || c.with_ifd.unwrap_or(false),
             token_nll: a.token_nll || c.token_nll.unwrap_or(false),

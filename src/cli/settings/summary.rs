@@ -8,6 +8,7 @@ use super::{
     ScoreSettings, SelectSettings, ShortSpec,
 };
 use crate::cli::Phases;
+use crate::model::bucket::Bucket;
 use crate::model::dispatch::Dispatch;
 use crate::rank::recipe::value_name;
 use crate::rank::selection::Method;
@@ -88,6 +89,9 @@ impl ScoreSettings {
         }
         if let Some(b) = self.pack_below {
             parts.push(format!("pack-below {b}{}", n("pack_below")));
+        }
+        if self.bucket != Bucket::Auto {
+            parts.push(format!("bucket {}{}", self.bucket, n("bucket")));
         }
         if self.phases != Phases::Auto {
             parts.push(format!("phases {}{}", value_name(self.phases), n("phases")));

@@ -34,6 +34,7 @@ pub struct BenchSettings {
     /// `--dtype fp8`: `dtype` is bf16 and the projections E4M3.
     pub fp8: bool,
     pub attention: AttentionKernel,
+    pub bucket: crate::model::bucket::Bucket,
     pub json: Option<std::path::PathBuf>,
     pub profile: bool,
     pub small_segments: usize,
@@ -88,6 +89,7 @@ pub fn bench_settings(a: &BenchArgs) -> Result<BenchSettings> {
         dtype: resolve_dtype(a.dtype, &device),
         fp8: crate::cli::DTypeArg::is_fp8(a.dtype),
         attention: a.attention,
+        bucket: a.bucket,
         json: a.json.clone(),
         profile: a.profile,
         small_segments: a.small_segments,
