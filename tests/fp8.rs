@@ -19,6 +19,9 @@ fn score(fam: &str, dtype: &str, out: &std::path::Path, extra: &[&str]) -> std::
     let at = args.iter().position(|a| a == "--dtype").unwrap();
     args[at + 1] = dtype.into();
     args.retain(|a| a != "--quiet");
+    if dtype == "fp8" {
+        args.push("--allow-fp8".into());
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     run(&a)
@@ -70,6 +73,27 @@ fn fp8_scores_the_families_near_their_reference() {
         assert!(!o.status.success());
         assert!(stderr(&o).contains("dtype"), "{}", stderr(&o));
     }
+}
+
+/// Without --allow-fp8, scoring in fp8 is refused before anything is read or written, with
+/// the measured disagreement and the way out in the message.
+#[test]
+fn fp8_scoring_needs_allow_fp8() {
+    let dir = tmp();
+    let out = dir.path().join("fp8.jsonl");
+    let fam = families().join("qwen3");
+    let mut args = score_args(&fam, &families().join("data.jsonl"), &out);
+    let at = args.iter().position(|a| a == "--dtype").unwrap();
+    args[at + 1] = "fp8".into();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run(&a);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("--allow-fp8") && e.contains("Spearman") && e.contains("--dtype bf16"),
+        "{e}"
+    );
+    assert!(!out.exists(), "nothing written");
 }
 
 /// cuBLASLt's FP8 GEMMs need sizes that are multiples of 16; the CPU twin keeps the rule so

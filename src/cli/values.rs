@@ -16,7 +16,8 @@ pub enum DTypeArg {
     F16,
     /// bf16, with the projection and MLP GEMMs in FP8 (E4M3, per-tensor scales, f32
     /// accumulation); CUDA GPUs of compute capability 8.9 or later (on the CPU a slow
-    /// simulation of the same arithmetic).
+    /// simulation of the same arithmetic). `score` needs --allow-fp8: its ranking failed
+    /// the agreement bar against bf16.
     Fp8,
 }
 

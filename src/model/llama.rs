@@ -170,23 +170,9 @@ impl Llama {
         self.dtype
     }
 
-    /// cos and sin tables `[T, head_dim / 2]` in f32 for passes of these lengths laid end
-    /// to end (one for an unpacked row; positions restart at 0 in each), each from its own
-    /// length's frequencies (dynamic NTK depends on it).
+    /// cos and sin tables for passes of these lengths laid end to end ([`super::rope::tables_for`]).
     fn rope_tables(&self, lens: &[usize]) -> candle_core::Result<(Tensor, Tensor)> {
-        let rope = self.cfg.rope();
-        let half = self.cfg.head_dim / 2;
-        let t: usize = lens.iter().sum();
-        let mut cos = Vec::with_capacity(t * half);
-        let mut sin = Vec::with_capacity(t * half);
-        for &n in lens {
-            let (c, s) = rope.tables(n, n);
-            cos.extend(c);
-            sin.extend(s);
-        }
-        let cos = Tensor::from_vec(cos, (t, half), &self.device)?;
-        let sin = Tensor::from_vec(sin, (t, half), &self.device)?;
-        Ok((cos, sin))
+        super::rope::tables_for(&self.cfg, lens, &self.device)
     }
 
     /// RMSNorm of the f32 residual stream, returned in the compute dtype (matmul input).

@@ -205,6 +205,29 @@ pub fn yarn_attention_factor(factor: f64, mscale: Option<f64>, mscale_all_dim: O
     }
 }
 
+/// cos and sin tables `[T, head_dim / 2]` in f32 for passes of these lengths laid end to end
+/// (one for an unpacked row; positions restart at 0 in each), each from its own length's
+/// frequencies (dynamic NTK depends on it).
+pub(super) fn tables_for(
+    cfg: &super::ModelConfig,
+    lens: &[usize],
+    device: &candle_core::Device,
+) -> candle_core::Result<(candle_core::Tensor, candle_core::Tensor)> {
+    let rope = cfg.rope();
+    let half = cfg.head_dim / 2;
+    let t: usize = lens.iter().sum();
+    let mut cos = Vec::with_capacity(t * half);
+    let mut sin = Vec::with_capacity(t * half);
+    for &n in lens {
+        let (c, s) = rope.tables(n, n);
+        cos.extend(c);
+        sin.extend(s);
+    }
+    let cos = candle_core::Tensor::from_vec(cos, (t, half), device)?;
+    let sin = candle_core::Tensor::from_vec(sin, (t, half), device)?;
+    Ok((cos, sin))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
