@@ -75,6 +75,38 @@ fn fp8_scores_the_families_near_their_reference() {
     }
 }
 
+/// A per-tensor activation scale spans the whole pass, so fp8 never packs samples together:
+/// with --pack-below large enough to pack every sample, the records are those of the
+/// unpacked run (and in bf16 packing does happen: its records say so).
+#[test]
+fn fp8_records_do_not_depend_on_packing() {
+    let dir = tmp();
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let pack = ["--pack-below", "1000000", "--max-batch-tokens", "1000000"];
+    // The same segment batches in both (one per sample): only the packing differs.
+    let alone = ["--pack-below", "0", "--max-batch-tokens", "1000000"];
+    let o = score("llama-linear", "fp8", &a, &alone);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = score("llama-linear", "fp8", &b, &pack);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("packed into"), "{}", stderr(&o));
+    // The same flags in bf16 do pack, so the fp8 run above was asked to.
+    let o = score("llama-linear", "bf16", &dir.path().join("c.jsonl"), &pack);
+    assert!(stderr(&o).contains("packed into"), "{}", stderr(&o));
+    let (a, b): (Vec<ScoreRecord>, Vec<ScoreRecord>) = (read_jsonl(&a), read_jsonl(&b));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            (x.ppl_long, x.ppl_short),
+            (y.ppl_long, y.ppl_short),
+            "line {}",
+            x.line
+        );
+        assert_eq!(x.seg_ppl, y.seg_ppl, "line {}", x.line);
+        assert_eq!(x.seg_attn, y.seg_attn, "line {}", x.line);
+    }
+}
+
 /// Without --allow-fp8, scoring in fp8 is refused before anything is read or written, with
 /// the measured disagreement and the way out in the message.
 #[test]

@@ -92,9 +92,14 @@ impl Models {
                 }
             }
         }
-        let pack_below = s
-            .pack_below
-            .unwrap_or_else(|| memory::default_pack_below(device));
+        // An E4M3 activation scale is per tensor, so packing samples into one pass would make
+        // a sample's numbers depend on the samples beside it: fp8 never packs.
+        let pack_below = match c.fp8 {
+            true => 0,
+            false => s
+                .pack_below
+                .unwrap_or_else(|| memory::default_pack_below(device)),
+        };
         Ok(Self {
             long,
             short,
