@@ -34,6 +34,7 @@ pub enum Proj {
 }
 
 /// A weight `[d, k]` as E4M3 codes and its per-tensor dequantization scale.
+#[derive(Clone)]
 pub struct Fp8Linear {
     codes: Tensor,
     /// `[1]` f32, on the weight's device.
@@ -76,11 +77,7 @@ impl Proj {
     pub fn to_fp8(&self) -> Result<Proj> {
         match self {
             Proj::Dense(l) => Ok(Proj::Fp8(Fp8Linear::quantize(l)?)),
-            Proj::Fp8(f) => Ok(Proj::Fp8(Fp8Linear {
-                codes: f.codes.clone(),
-                scale: f.scale.clone(),
-                bias: f.bias.clone(),
-            })),
+            Proj::Fp8(f) => Ok(Proj::Fp8(f.clone())),
         }
     }
 
