@@ -188,6 +188,17 @@ fn bhtd(l: &Layout) -> Result<[i64; 4]> {
     Ok([s[0] as i64, s[2] as i64, s[1] as i64, 1])
 }
 
+/// `stride` with, for a single sequence (`b` = 1), the batch stride a contiguous one of
+/// `t` rows would have: it is never stepped along, and the graphs are keyed on strides, so a
+/// span cut out of a packed row finds the graph of a contiguous sequence of its length
+/// instead of one keyed on the row's length.
+fn one_batch(b: usize, mut stride: [i64; 4], t: usize) -> [i64; 4] {
+    if b == 1 {
+        stride[0] = t as i64 * stride[2];
+    }
+    stride
+}
+
 impl Sdpa {
     /// The record's dims and strides; [`record`] fills in the device and dtype.
     fn shape(&self, l1: &Layout, l2: &Layout, l3: &Layout) -> Result<GateauSdpa> {
@@ -209,9 +220,9 @@ impl Sdpa {
             hq: hq as i64,
             hkv: hkv as i64,
             d: d as i64,
-            q_stride: bhtd(l1)?,
-            k_stride: bhtd(l2)?,
-            v_stride: bhtd(l3)?,
+            q_stride: one_batch(b, bhtd(l1)?, t),
+            k_stride: one_batch(b, bhtd(l2)?, t),
+            v_stride: one_batch(b, bhtd(l3)?, t),
             o_stride: [(t * hq * d) as i64, d as i64, (hq * d) as i64, 1],
             scale: self.scale,
         })
@@ -338,6 +349,27 @@ mod tests {
             .unwrap()
             .contiguous()
             .unwrap()
+    }
+
+    /// A span cut out of a packed row (one sequence of 300 rows at row 1,000 of 5,000)
+    /// is keyed like a contiguous sequence of 300 rows, so one graph per length serves
+    /// every packed row; a batch of two keeps its real batch stride.
+    #[test]
+    fn a_single_sequence_is_keyed_without_its_row() {
+        let key = |l: &Layout| {
+            let r = Sdpa { scale: 0.125 }.shape(l, l, l).unwrap();
+            (r.b, r.t, r.q_stride, r.k_stride, r.v_stride, r.o_stride)
+        };
+        let span = Layout::contiguous((1, 5000, 9, 64))
+            .narrow(1, 1000, 300)
+            .unwrap();
+        let alone = Layout::contiguous((1, 300, 9, 64));
+        assert_eq!(key(&span), key(&alone));
+        assert_eq!(key(&alone).2, [300 * 9 * 64, 64, 9 * 64, 1]);
+        let two = Layout::contiguous((2, 5000, 9, 64))
+            .narrow(1, 0, 300)
+            .unwrap();
+        assert_eq!(key(&two).2[0], 5000 * 9 * 64);
     }
 
     /// cuDNN's attention on bf16/f16 inputs (grouped heads, head sizes 64 and 128, odd

@@ -20,7 +20,8 @@ pub enum AttentionKernel {
     /// cuDNN for single sequences of 8192 tokens or more (the long full passes) and for
     /// segment batches with enough work to pay for a graph of their shape, when built in and
     /// loadable; flash attention for the rest when built in; else whichever of the two is
-    /// built; else chunked.
+    /// built (a cuDNN-only build runs packed small samples span by span on bucketed
+    /// lengths, see `--bucket`); else chunked.
     Auto,
     /// cuDNN's fused attention (needs the `cudnn` feature and libcudnn.so.9 at run time).
     Cudnn,
