@@ -100,16 +100,25 @@ impl Packing {
         // Span by span. Each span's attention length comes from its own length
         // (`--bucket`, as for a single-sequence pass), so under cuDNN the graphs of a few
         // bucket lengths serve every span of the run: spans of 1-2k tokens otherwise bring
-        // a new length, and a new ~65 ms graph, with almost every sample.
+        // a new length, and a new ~65 ms graph, with almost every sample. A bucket that
+        // fits in the row runs on the row itself: the rows after the span are the next
+        // spans' (finite values), which under the causal mask its own rows never see, so
+        // nothing is copied; only a bucket that runs past the row's end gets zero rows.
         let fused = q.device().is_cuda() && q.dtype() != DType::F32;
-        let cut = |x: &Tensor, s: &Span| x.narrow(1, s.start, s.len);
+        let total = q.dim(1)?;
         let none = BatchPlan::none();
         let outs = self
             .spans
             .iter()
             .map(|s| {
                 let len = dispatch.attention_len(1, s.len, &none, fused);
-                dispatch.causal_padded(&cut(q, s)?, &cut(k, s)?, &cut(v, s)?, &none, len)
+                if s.start + len <= total {
+                    let cut = |x: &Tensor| x.narrow(1, s.start, len);
+                    dispatch.causal_rows(&cut(q)?, &cut(k)?, &cut(v)?, &none, s.len)
+                } else {
+                    let cut = |x: &Tensor| x.narrow(1, s.start, s.len);
+                    dispatch.causal_padded(&cut(q)?, &cut(k)?, &cut(v)?, &none, len)
+                }
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Tensor::cat(&outs, 1)
@@ -186,10 +195,12 @@ mod tests {
         assert!(max_diff(&whole, &want) > 1e-2);
     }
 
-    /// Span by span with `--bucket`: every span's attention runs on a length rounded up
-    /// (zero rows after its last one), and its outputs are those of the span alone, bit for
-    /// bit, whatever the neighbours: spans of 37, 5, 130, 64 and 1 tokens padded to
-    /// multiples of 48 (so 48, 48, 144, 96, 48) against the reference span by span.
+    /// Span by span with `--bucket`: every span's attention runs on a length rounded up,
+    /// over the next spans' rows where the bucket fits in the row (the first three here)
+    /// and over zero rows past the row's end (the last two), and its outputs are those of
+    /// the span alone, bit for bit: spans of 37, 5, 130, 64 and 1 tokens padded to
+    /// multiples of 48 (so 48, 48, 144, 96, 48) against the unbucketed path and the
+    /// reference span by span.
     #[test]
     fn bucketed_spans_give_the_unbucketed_outputs_exactly() {
         let dev = Device::Cpu;
