@@ -272,9 +272,9 @@ pub struct PassArgs {
     /// Pad the attention of single-sequence passes (full, window, IFD; packed segments
     /// without flash-attn) at the end up to a bucket length, so that cuDNN graphs (about
     /// 65 ms per new length) serve every sample of a bucket; the records do not change
-    /// (padding after the last position, under the causal mask). auto: only passes whose attention runs on a cuDNN graph, rounded to
-    /// max(128, 2^floor(log2 T) / 64) tokens (at most 1.6% more attention); 0: never; N:
-    /// every such pass, to a multiple of N tokens, whatever the kernel [default: auto].
+    /// (padding after the last position, under the causal mask). auto: only passes whose
+    /// attention runs on a cuDNN graph, rounded to max(128, 2^floor(log2 T) / 64) tokens
+    /// (at most 1.6% more); 0: never; N: to a multiple of N on any kernel [default: auto].
     #[arg(long, value_name = "TOKENS")]
     pub bucket: Option<Bucket>,
     /// auto: both models stay on the GPU when they and a --max-len pass fit, else two
