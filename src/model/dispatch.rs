@@ -267,8 +267,9 @@ impl Dispatch {
 
     /// Builds now, on this thread, the cuDNN graphs of the planned shapes that have none
     /// yet, for heads `(hq, hkv, hd)` in `dtype`: called where the thread is about to wait
-    /// for the GPU anyway, so the builds overlap queued work. A graph that fails to build
-    /// here is left to the call itself, which reports it.
+    /// for the GPU anyway, so the builds overlap queued work instead of holding up the first
+    /// pass of a new shape. A graph that fails to build here is left to the call itself,
+    /// which reports it.
     pub fn prebuild(
         &self,
         plan: &BatchPlan,
@@ -315,24 +316,14 @@ impl Dispatch {
             return self.run(q, k, v, plan, t);
         }
         let pad = |x: &Tensor| x.pad_with_zeros(1, 0, len - t);
-        self.causal_rows(&pad(q)?, &pad(k)?, &pad(v)?, plan, t)
+        self.run(&pad(q)?, &pad(k)?, &pad(v)?, plan, t)?
+            .narrow(1, 0, t)
     }
 
-    /// [`Self::causal`] on operands whose rows from `real` on (any finite values) only pad
-    /// the call: the causal mask hides them from the first `real`, the rows returned.
-    pub fn causal_rows(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        plan: &BatchPlan,
-        real: usize,
-    ) -> candle_core::Result<Tensor> {
-        self.run(q, k, v, plan, real)?.narrow(1, 0, real)
-    }
-
-    /// The kernel on operands whose first `real` rows are the pass's (the rest padding).
-    fn run(
+    /// The kernel on operands whose first `real` rows are the pass's and whose later rows
+    /// (zeros, or any finite values) only pad the call: the causal mask hides them from the
+    /// first `real`. Returns every row of the call.
+    pub fn run(
         &self,
         q: &Tensor,
         k: &Tensor,

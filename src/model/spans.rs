@@ -114,7 +114,9 @@ impl Packing {
                 let len = dispatch.attention_len(1, s.len, &none, fused);
                 if s.start + len <= total {
                     let cut = |x: &Tensor| x.narrow(1, s.start, len);
-                    dispatch.causal_rows(&cut(q)?, &cut(k)?, &cut(v)?, &none, s.len)
+                    dispatch
+                        .run(&cut(q)?, &cut(k)?, &cut(v)?, &none, s.len)?
+                        .narrow(1, 0, s.len)
                 } else {
                     let cut = |x: &Tensor| x.narrow(1, s.start, s.len);
                     dispatch.causal_padded(&cut(q)?, &cut(k)?, &cut(v)?, &none, len)
