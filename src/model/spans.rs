@@ -4,7 +4,9 @@
 
 use super::dispatch::{BatchPlan, Dispatch};
 use crate::kernels::attention::{causal_attention, AttentionOutput, Plan};
-use candle_core::{DType, Device, Tensor};
+#[cfg(feature = "flash-attn")]
+use candle_core::DType;
+use candle_core::{Device, Tensor};
 
 /// One sequence of a packed row: positions `start..start + len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +106,7 @@ impl Packing {
         // fits in the row runs on the row itself: the rows after the span are the next
         // spans' (finite values), which under the causal mask its own rows never see, so
         // nothing is copied; only a bucket that runs past the row's end gets zero rows.
-        let fused = q.device().is_cuda() && q.dtype() != DType::F32;
+        let fused = dispatch.fused_available(q.device(), q.dtype());
         let total = q.dim(1)?;
         let none = BatchPlan::none();
         let outs = self
@@ -132,6 +134,7 @@ mod tests {
     use super::*;
     use crate::kernels::attention::tests::max_diff;
     use crate::model::bucket::Bucket;
+    use candle_core::DType;
 
     /// Packed spans: each span's output is that of the span attended alone.
     fn packed_case(dt: DType, dev: &Device) -> (Tensor, Tensor, Tensor, Vec<Span>) {
