@@ -7,7 +7,7 @@ usage: score-gap.py DIR REF NAME... (reads DIR/REF.jsonl and DIR/NAME.jsonl)"""
 import json, os, sys
 
 out, ref, *names = sys.argv[1:]
-load = lambda n: {r["line"]: r for r in map(json.loads, open(f"{out}/{n}.jsonl")) if r.get("status") == "ok"}
+load = lambda n: {r["line"]: r for r in map(json.loads, open(f"{out}/{n}.jsonl")) if r.get("status", "ok") == "ok"}
 stat = lambda v: f"max {max(v):.4f} mean {sum(v) / len(v):.4f}" if v else "-"
 R = load(ref)
 print(f"reference {ref}: {len(R)} ok records")

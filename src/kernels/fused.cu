@@ -269,23 +269,22 @@ __device__ void silu_mul_halves(const float *gu, T *out, size_t rows, unsigned f
 }
 
 
-// --dtype fp8: per-tensor E4M3 quantization of a GEMM operand (see fused/fp8.rs).
-// absmax: max |x| into *amax, a float kept as its bit pattern: for non-negative floats the
-// unsigned order is the float order, so atomicMax on the bits is the max of the values
-// (*amax starts at 0). One atomic per block.
+// --dtype fp8: per-row E4M3 quantization of a GEMM operand (see fused/fp8.rs): a weight's row
+// is an output channel, an activation's a token.
+// row_absmax: amax[r] = max |x[r, :]| over a row of k elements, one block per row. A max is
+// exact whatever the order, so this equals the CPU twin's.
 template <typename T>
-__device__ void absmax(const T *__restrict__ x, size_t n, unsigned *__restrict__ amax) {
+__device__ void row_absmax(const T *__restrict__ x, unsigned k, float *__restrict__ amax) {
+  const T *row = x + (size_t)blockIdx.x * k;
   float m = 0.f;
-  size_t stride = (size_t)blockDim.x * gridDim.x;
-  size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   constexpr int V = 16 / sizeof(T);
-  size_t nv = aligned(x, 16) ? n / V : 0;
-  for (size_t i = tid; i < nv; i += stride) {
-    Vec<T, V> a = reinterpret_cast<const Vec<T, V> *>(x)[i];
+  unsigned nv = aligned(row, 16) ? k / V : 0;
+  for (unsigned i = threadIdx.x; i < nv; i += blockDim.x) {
+    Vec<T, V> a = reinterpret_cast<const Vec<T, V> *>(row)[i];
 #pragma unroll
-    for (int k = 0; k < V; ++k) m = fmaxf(m, fabsf(to_f(a.v[k])));
+    for (int j = 0; j < V; ++j) m = fmaxf(m, fabsf(to_f(a.v[j])));
   }
-  for (size_t i = nv * V + tid; i < n; i += stride) m = fmaxf(m, fabsf(to_f(x[i])));
+  for (unsigned i = nv * V + threadIdx.x; i < k; i += blockDim.x) m = fmaxf(m, fabsf(to_f(row[i])));
   for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
   __shared__ float warp_max[32];
   unsigned lane = threadIdx.x % 32, w = threadIdx.x / 32;
@@ -294,33 +293,35 @@ __device__ void absmax(const T *__restrict__ x, size_t n, unsigned *__restrict__
   if (w == 0) {
     m = lane < (blockDim.x + 31) / 32 ? warp_max[lane] : 0.f;
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    if (lane == 0) atomicMax(amax, __float_as_uint(m));
+    if (lane == 0) amax[blockIdx.x] = m;
   }
 }
 
-// codes = E4M3(x * (448 / amax)), rounded to nearest even and saturated to +-448 (the
-// conversion the CPU twin, float8's from_f32, ports); amax 0 (an all-zero x) gives codes 0.
+// codes = E4M3(x * (448 / amax[row])), rounded to nearest even and saturated to +-448 (the
+// conversion the CPU twin, float8's from_f32, ports); amax 0 (an all-zero row) gives codes 0.
 __device__ __forceinline__ uint8_t e4m3(float v) {
   return __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
 }
 
+__device__ __forceinline__ float inverse_scale(float a) { return a > 0.f ? 448.f / a : 0.f; }
+
 template <typename T>
-__device__ void quant_e4m3(const T *__restrict__ x, size_t n, const float *__restrict__ amax,
-                           uint8_t *__restrict__ q) {
-  float a = *amax;
-  float inv = a > 0.f ? 448.f / a : 0.f;
+__device__ void quant_rows_e4m3(const T *__restrict__ x, size_t n, unsigned k,
+                                const float *__restrict__ amax, uint8_t *__restrict__ q) {
   size_t stride = (size_t)blockDim.x * gridDim.x;
   size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   constexpr int V = 16 / sizeof(T);
-  size_t nv = aligned(x, 16) && aligned(q, V) ? n / V : 0;
+  // Whole vectors stay in one row when k is a multiple of V.
+  size_t nv = k % V == 0 && aligned(x, 16) && aligned(q, V) ? n / V : 0;
   for (size_t i = tid; i < nv; i += stride) {
+    float inv = inverse_scale(amax[i * V / k]);
     Vec<T, V> a = reinterpret_cast<const Vec<T, V> *>(x)[i];
     Vec<uint8_t, V> o;
 #pragma unroll
-    for (int k = 0; k < V; ++k) o.v[k] = e4m3(to_f(a.v[k]) * inv);
+    for (int j = 0; j < V; ++j) o.v[j] = e4m3(to_f(a.v[j]) * inv);
     reinterpret_cast<Vec<uint8_t, V> *>(q)[i] = o;
   }
-  for (size_t i = nv * V + tid; i < n; i += stride) q[i] = e4m3(to_f(x[i]) * inv);
+  for (size_t i = nv * V + tid; i < n; i += stride) q[i] = e4m3(to_f(x[i]) * inverse_scale(amax[i / k]));
 }
 
 #define FUSED(NAME, T)                                                                         \
@@ -341,12 +342,12 @@ __device__ void quant_e4m3(const T *__restrict__ x, size_t n, const float *__res
                                               unsigned hd) {                                  \
     qkv_heads<T>(qkv, cos, sin, out, rows, t, nh, nkv, hd);                                  \
   }                                                                                          \
-  extern "C" __global__ void absmax_##NAME(const T *x, size_t n, unsigned *amax) {            \
-    absmax<T>(x, n, amax);                                                                   \
+  extern "C" __global__ void row_absmax_##NAME(const T *x, unsigned k, float *amax) {        \
+    row_absmax<T>(x, k, amax);                                                               \
   }                                                                                          \
-  extern "C" __global__ void quant_e4m3_##NAME(const T *x, size_t n, const float *amax,       \
-                                               uint8_t *q) {                                  \
-    quant_e4m3<T>(x, n, amax, q);                                                            \
+  extern "C" __global__ void quant_rows_e4m3_##NAME(const T *x, size_t n, unsigned k,         \
+                                                    const float *amax, uint8_t *q) {          \
+    quant_rows_e4m3<T>(x, n, k, amax, q);                                                    \
   }
 
 FUSED(f32, float)

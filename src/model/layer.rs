@@ -91,24 +91,25 @@ impl Layer {
         })
     }
 
-    /// The layer with its four projections in E4M3 (`--dtype fp8`), and their scales.
-    pub fn quantize_fp8(&mut self) -> Result<[f32; 4]> {
-        let mut scales = [0f32; 4];
-        for (i, p) in [
+    /// The layer with its four projections in E4M3 (`--dtype fp8`), and the smallest and
+    /// largest of their per-channel scales.
+    pub fn quantize_fp8(&mut self) -> Result<(f32, f32)> {
+        let (mut lo, mut hi) = (f32::INFINITY, 0f32);
+        for p in [
             &mut self.qkv,
             &mut self.o,
             &mut self.gate_up,
             &mut self.down,
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        ] {
             *p = p.to_fp8()?;
             if let Proj::Fp8(f) = p {
-                scales[i] = f.scale()?;
+                for s in f.scales()? {
+                    lo = lo.min(s);
+                    hi = hi.max(s);
+                }
             }
         }
-        Ok(scales)
+        Ok((lo, hi))
     }
 
     /// The stacked projection `[B, T, (nh + 2 nkv) hd]` with q's and k's heads RMS-normed

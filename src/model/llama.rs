@@ -111,7 +111,7 @@ impl Llama {
         self.f16_heads = on && self.dtype == DType::BF16;
     }
 
-    /// `--dtype fp8`: every layer's projections as E4M3 codes with a per-tensor scale,
+    /// `--dtype fp8`: every layer's projections as E4M3 codes with per-channel scales,
     /// quantized once, here (see [`super::quantize`]).
     pub fn quantize_fp8(&mut self) -> Result<Fp8Scales> {
         super::quantize::to_fp8(&mut self.layers)

@@ -1,5 +1,5 @@
 //! `--dtype fp8`: a loaded model's projections (q|k|v, attention output, gate|up, down) turned
-//! into E4M3 codes with per-tensor scales, once, at load; the 16-bit weights are dropped. The
+//! into E4M3 codes with per-channel scales, once, at load; the 16-bit weights are dropped. The
 //! arithmetic is `kernels::fused::fp8`'s.
 
 use super::layer::Layer;
@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 #[derive(Debug, Clone, Copy)]
 pub struct Fp8Scales {
     pub projections: usize,
-    /// The smallest and largest per-tensor dequantization scale (max |w| / 448).
+    /// The smallest and largest per-channel dequantization scale (max |w[j, :]| / 448).
     pub min: f32,
     pub max: f32,
 }
@@ -18,7 +18,7 @@ impl std::fmt::Display for Fp8Scales {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} projections quantized to E4M3, per-tensor scales {:.3e} to {:.3e}",
+            "{} projections quantized to E4M3, per-channel scales {:.3e} to {:.3e}",
             self.projections, self.min, self.max
         )
     }
@@ -39,12 +39,12 @@ pub(super) fn to_fp8(layers: &mut [Layer]) -> Result<Fp8Scales> {
                 );
             }
         }
-        scales.extend(layer.quantize_fp8()?);
+        scales.push(layer.quantize_fp8()?);
     }
-    let min = scales.iter().copied().fold(f32::INFINITY, f32::min);
-    let max = scales.iter().copied().fold(0f32, f32::max);
+    let min = scales.iter().map(|s| s.0).fold(f32::INFINITY, f32::min);
+    let max = scales.iter().map(|s| s.1).fold(0f32, f32::max);
     Ok(Fp8Scales {
-        projections: scales.len(),
+        projections: 4 * scales.len(),
         min,
         max,
     })

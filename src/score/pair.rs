@@ -92,14 +92,10 @@ impl Models {
                 }
             }
         }
-        // An E4M3 activation scale is per tensor, so packing samples into one pass would make
-        // a sample's numbers depend on the samples beside it: fp8 never packs.
-        let pack_below = match c.fp8 {
-            true => 0,
-            false => s
-                .pack_below
-                .unwrap_or_else(|| memory::default_pack_below(device)),
-        };
+        // E4M3 activation scales are per token, so fp8 packs small samples as bf16 does.
+        let pack_below = s
+            .pack_below
+            .unwrap_or_else(|| memory::default_pack_below(device));
         Ok(Self {
             long,
             short,

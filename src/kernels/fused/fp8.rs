@@ -2,17 +2,21 @@
 //! f32 accumulation; everything else (norms, RoPE, attention, softmax, the NLL, the capture)
 //! stays bf16/f32.
 //!
-//! Scaling is per tensor, the same rule for weights (once, at load) and activations (every
-//! call): `amax = max |x|`, codes `q = E4M3(x · (448 / amax))` rounded to nearest even and
-//! saturated at ±448 (the largest finite E4M3), and the dequantization scale
-//! `s = amax · (1/448)`; an all-zero tensor has `amax = 0`, codes 0 and `s = 0`. A product
-//! is `y = (s_w · s_h) · Σ_k q_w q_h` (+ the residual for the output projections). Products of
-//! two E4M3 values are exact in f32, so the only roundings are the two quantizations and the
-//! f32 sum.
+//! Scaling is per row, the same rule for a weight's rows (its output channels; once, at load)
+//! and an activation's rows (its tokens; every call): `amax = max |x[r, :]|`, codes
+//! `q = E4M3(x · (448 / amax))` rounded to nearest even and saturated at ±448 (the largest
+//! finite E4M3), and the dequantization scale `s[r] = amax · (1/448)`; an all-zero row has
+//! `amax = 0`, codes 0 and `s = 0`. A product is `y[i, j] = s_h[i] s_w[j] · Σ_k q_h q_w`
+//! (+ the residual for the output projections). Products of two E4M3 values are exact in f32,
+//! so the only roundings are the two quantizations and the f32 sum.
 //!
-//! On CUDA: two memory passes (amax, quantize; fused.cu) and one cuBLASLt FP8 GEMM
-//! (`fp8_cuda.rs`). On the CPU the same arithmetic in plain loops (f64 sums), a slow twin for
-//! the tests and for checking a GPU run.
+//! Per-row scales keep one large row (a token with a massive activation, the attention sink)
+//! from pushing every other row's codes towards the subnormals, and they make a token's
+//! numbers independent of the other tokens of its pass.
+//!
+//! On CUDA: two memory passes (row amax, quantize; fused.cu) and one cuBLASLt FP8 GEMM with
+//! the scales in its epilogue (`fp8_cuda.rs`). On the CPU the same arithmetic in plain loops
+//! (f64 sums), a slow twin for the tests and for checking a GPU run.
 
 use super::span;
 use candle_core::backend::BackendStorage;
@@ -33,17 +37,17 @@ pub enum Proj {
     Fp8(Fp8Linear),
 }
 
-/// A weight `[d, k]` as E4M3 codes and its per-tensor dequantization scale.
+/// A weight `[d, k]` as E4M3 codes and its per-channel dequantization scales.
 #[derive(Clone)]
 pub struct Fp8Linear {
     codes: Tensor,
-    /// `[1]` f32, on the weight's device.
+    /// `[d]` f32, one per output channel, on the weight's device.
     scale: Tensor,
     bias: Option<Tensor>,
 }
 
 impl Fp8Linear {
-    /// Quantizes `lin`'s weight (per tensor); the bias stays as it is.
+    /// Quantizes `lin`'s weight (per output channel); the bias stays as it is.
     pub fn quantize(lin: &Linear) -> Result<Self> {
         let (codes, scale) = quantize(lin.weight())?;
         Ok(Self {
@@ -53,9 +57,9 @@ impl Fp8Linear {
         })
     }
 
-    /// The dequantization scale (copied to the host).
-    pub fn scale(&self) -> Result<f32> {
-        self.scale.to_vec1::<f32>().map(|v| v[0])
+    /// The per-channel dequantization scales (copied to the host).
+    pub fn scales(&self) -> Result<Vec<f32>> {
+        self.scale.to_vec1::<f32>()
     }
 
     /// The E4M3 codes `[d, k]`.
@@ -90,13 +94,14 @@ impl Proj {
     }
 }
 
-/// Per-tensor E4M3 quantization of `x`: the codes (same shape, `F8E4M3`) and the `[1]` f32
-/// dequantization scale `max |x| · (1/448)`, both on `x`'s device.
+/// Per-row E4M3 quantization of `x [.., k]`: the codes (same shape, `F8E4M3`) and the
+/// `[rows]` f32 dequantization scales `max |x[r, :]| · (1/448)`, both on `x`'s device.
 pub fn quantize(x: &Tensor) -> Result<(Tensor, Tensor)> {
     let x = x.contiguous()?;
-    let amax = x.apply_op1_no_bwd(&AbsMax)?;
-    let codes = x.apply_op2_no_bwd(&amax, &QuantE4m3)?;
-    let scale = amax.affine(1.0 / E4M3_MAX as f64, 0.0)?;
+    let k = x.dim(D::Minus1)?;
+    let amax = x.apply_op1_no_bwd(&RowAbsMax { k })?;
+    let codes = x.apply_op2_no_bwd(&amax, &QuantRows { k })?;
+    let scale = (amax * (1.0 / E4M3_MAX) as f64)?;
     Ok((codes, scale))
 }
 
@@ -152,7 +157,7 @@ fn e4m3(v: f32) -> F8E4M3 {
     F8E4M3::from_f32(v)
 }
 
-/// `448 / amax`, 0 for an all-zero tensor (whose codes are then 0).
+/// `448 / amax`, 0 for an all-zero row (whose codes are then 0).
 fn inverse_scale(amax: f32) -> f32 {
     if amax > 0.0 {
         E4M3_MAX / amax
@@ -161,27 +166,43 @@ fn inverse_scale(amax: f32) -> f32 {
     }
 }
 
-struct AbsMax;
+/// The rows of `k` elements of `l`'s contiguous span: its bounds and the row count.
+fn rows(l: &Layout, k: usize, what: &str) -> Result<(usize, usize, usize)> {
+    let (a, b) = span(l, what)?;
+    if k == 0 || (b - a) % k != 0 {
+        bail!("{what}: {} elements are not rows of {k}", b - a);
+    }
+    Ok((a, b, (b - a) / k))
+}
 
-impl CustomOp1 for AbsMax {
+/// `[rows]` f32: max |x| of each row of `k` elements.
+struct RowAbsMax {
+    k: usize,
+}
+
+impl CustomOp1 for RowAbsMax {
     fn name(&self) -> &'static str {
-        "absmax"
+        "row-absmax"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        fn go<T: WithDType>(x: &[T]) -> f32 {
-            x.par_iter()
-                .map(|v| (v.to_f64() as f32).abs())
-                .reduce(|| 0.0, f32::max)
+        fn go<T: WithDType>(x: &[T], k: usize) -> Vec<f32> {
+            x.par_chunks(k)
+                .map(|r| {
+                    r.iter()
+                        .map(|v| (v.to_f64() as f32).abs())
+                        .fold(0.0, f32::max)
+                })
+                .collect()
         }
-        let (a, b) = span(l, "absmax")?;
+        let (a, b, n) = rows(l, self.k, "row-absmax")?;
         let m = match s {
-            CpuStorage::F32(x) => go(&x[a..b]),
-            CpuStorage::BF16(x) => go(&x[a..b]),
-            CpuStorage::F16(x) => go(&x[a..b]),
-            other => bail!("absmax: unsupported dtype {:?}", other.dtype()),
+            CpuStorage::F32(x) => go(&x[a..b], self.k),
+            CpuStorage::BF16(x) => go(&x[a..b], self.k),
+            CpuStorage::F16(x) => go(&x[a..b], self.k),
+            other => bail!("row-absmax: unsupported dtype {:?}", other.dtype()),
         };
-        Ok((CpuStorage::F32(vec![m]), Shape::from(1)))
+        Ok((CpuStorage::F32(m), Shape::from(n)))
     }
 
     #[cfg(feature = "cuda")]
@@ -190,16 +211,20 @@ impl CustomOp1 for AbsMax {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let out = super::fp8_cuda::absmax(s, span(l, "absmax")?)?;
-        Ok((out, Shape::from(1)))
+        let (a, b, n) = rows(l, self.k, "row-absmax")?;
+        let out = super::fp8_cuda::row_absmax(s, (a, b), self.k)?;
+        Ok((out, Shape::from(n)))
     }
 }
 
-struct QuantE4m3;
+/// E4M3 codes of each row of `k` elements times `448 / amax[row]`.
+struct QuantRows {
+    k: usize,
+}
 
-impl CustomOp2 for QuantE4m3 {
+impl CustomOp2 for QuantRows {
     fn name(&self) -> &'static str {
-        "quant-e4m3"
+        "quant-rows-e4m3"
     }
 
     fn cpu_fwd(
@@ -209,21 +234,27 @@ impl CustomOp2 for QuantE4m3 {
         s2: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn go<T: WithDType>(x: &[T], inv: f32) -> Vec<F8E4M3> {
-            x.par_iter()
-                .map(|v| e4m3(v.to_f64() as f32 * inv))
+        fn go<T: WithDType>(x: &[T], k: usize, amax: &[f32]) -> Vec<F8E4M3> {
+            x.par_chunks(k)
+                .zip(amax.par_iter())
+                .flat_map_iter(|(r, &a)| {
+                    let inv = inverse_scale(a);
+                    r.iter().map(move |v| e4m3(v.to_f64() as f32 * inv))
+                })
                 .collect()
         }
         let CpuStorage::F32(amax) = s2 else {
-            bail!("quant-e4m3: amax must be f32")
+            bail!("quant-rows-e4m3: amax must be f32")
         };
-        let inv = inverse_scale(amax[0]);
-        let (a, b) = span(l1, "quant-e4m3")?;
+        let (a, b, n) = rows(l1, self.k, "quant-rows-e4m3")?;
+        if amax.len() != n {
+            bail!("quant-rows-e4m3: {} amax for {n} rows", amax.len());
+        }
         let q = match s1 {
-            CpuStorage::F32(x) => go(&x[a..b], inv),
-            CpuStorage::BF16(x) => go(&x[a..b], inv),
-            CpuStorage::F16(x) => go(&x[a..b], inv),
-            other => bail!("quant-e4m3: unsupported dtype {:?}", other.dtype()),
+            CpuStorage::F32(x) => go(&x[a..b], self.k, amax),
+            CpuStorage::BF16(x) => go(&x[a..b], self.k, amax),
+            CpuStorage::F16(x) => go(&x[a..b], self.k, amax),
+            other => bail!("quant-rows-e4m3: unsupported dtype {:?}", other.dtype()),
         };
         Ok((CpuStorage::F8E4M3(q), l1.shape().clone()))
     }
@@ -236,23 +267,21 @@ impl CustomOp2 for QuantE4m3 {
         s2: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let out = super::fp8_cuda::quant_e4m3(s1, span(l1, "quant-e4m3")?, s2)?;
+        let (a, b, _) = rows(l1, self.k, "quant-rows-e4m3")?;
+        let out = super::fp8_cuda::quant_rows_e4m3(s1, (a, b), self.k, s2)?;
         Ok((out, l1.shape().clone()))
     }
 }
 
-/// The E4M3 GEMM `(s_w · s_h) · h_q · w_qᵀ`: out of place (f32) or added into the stream.
+/// The E4M3 GEMM `s_h[i] s_w[j] · (h_q · w_qᵀ)[i, j]`: out of place (f32) or added into the
+/// stream. `w_scale` is `[d]`, `h_scale` `[m]`.
 struct Fp8Gemm {
     w_scale: Tensor,
     h_scale: Tensor,
 }
 
 impl Fp8Gemm {
-    fn alpha(&self) -> Result<f32> {
-        Ok(self.w_scale.to_vec1::<f32>()?[0] * self.h_scale.to_vec1::<f32>()?[0])
-    }
-
-    /// `x[m, d] += alpha · h[m, k] · w[d, k]ᵀ` with f64 sums of the exact products.
+    /// `x[m, d] += s_h[i] s_w[j] · h[m, k] · w[d, k]ᵀ` with f64 sums of the exact products.
     fn cpu(
         &self,
         x: &mut [f32],
@@ -266,10 +295,20 @@ impl Fp8Gemm {
         let (h0, h1) = span(h.1, "fp8 gemm")?;
         let (w0, w1) = span(w.1, "fp8 gemm")?;
         let (hq, wq) = (&hq[h0..h1], &wq[w0..w1]);
-        let alpha = self.alpha()? as f64;
+        let sw = self.w_scale.to_vec1::<f32>()?;
+        let sh = self.h_scale.to_vec1::<f32>()?;
+        if sw.len() != d || sh.len() * k != hq.len() || x.len() != sh.len() * d {
+            bail!(
+                "fp8 gemm: {} weight and {} row scales for [{}, {k}] x [{d}, {k}]",
+                sw.len(),
+                sh.len(),
+                hq.len() / k.max(1)
+            );
+        }
         x.par_chunks_mut(d)
             .zip(hq.par_chunks(k))
-            .for_each(|(x, h)| {
+            .zip(sh.par_iter())
+            .for_each(|((x, h), &s)| {
                 for (j, x) in x.iter_mut().enumerate() {
                     let row = &wq[j * k..(j + 1) * k];
                     let dot: f64 = h
@@ -277,7 +316,7 @@ impl Fp8Gemm {
                         .zip(row)
                         .map(|(a, b)| a.to_f64() * b.to_f64())
                         .sum();
-                    *x = (*x as f64 + alpha * dot) as f32;
+                    *x = (*x as f64 + s as f64 * sw[j] as f64 * dot) as f32;
                 }
             });
         Ok(())

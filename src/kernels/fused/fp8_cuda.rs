@@ -1,4 +1,4 @@
-//! CUDA side of `--dtype fp8` (see `fp8.rs`): the amax and quantization kernels of fused.cu,
+//! CUDA side of `--dtype fp8` (see `fp8.rs`): the row amax and quantization kernels of fused.cu,
 //! and the E4M3 GEMM through cuBLASLt (FP8 needs cuBLASLt; cublasGemmEx has no FP8).
 //!
 //! cuBLASLt's FP8 kernels want A transposed and B not ("TN"), f32 compute and scale types,
@@ -19,48 +19,62 @@ use float8::F8E4M3;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// `[1]` f32: max |x| over `x[a0..a1]`.
-pub fn absmax(x: &CudaStorage, (a0, a1): (usize, usize)) -> Result<CudaStorage> {
+/// `[rows]` f32: max |x| over each row of `k` elements of `x[a0..a1]`.
+pub fn row_absmax(x: &CudaStorage, (a0, a1): (usize, usize), k: usize) -> Result<CudaStorage> {
     let dev = x.device.clone();
-    let f = func(&dev, "absmax", x.dtype())?;
-    let out = dev.alloc_zeros::<f32>(1)?;
-    let n = a1 - a0;
+    let f = func(&dev, "row_absmax", x.dtype())?;
+    let rows = (a1 - a0) / k;
+    if rows == 0 || rows * k != a1 - a0 || rows > i32::MAX as usize || k > u32::MAX as usize {
+        bail!("row absmax: {} elements in rows of {k}", a1 - a0);
+    }
+    // SAFETY: the kernel writes one f32 per row, every row.
+    let out = unsafe { dev.alloc::<f32>(rows)? };
     let stream = dev.cuda_stream();
     let mut b = stream.launch_builder(&f);
     let xp = device_ptr(x, a0)?;
+    let k32 = k as u32;
     b.arg(&xp);
-    b.arg(&n);
+    b.arg(&k32);
     b.arg(&out);
-    // Each block reduces its share and makes one atomic update; more blocks than needed to
-    // fill the GPU only add atomics.
-    let mut cfg = flat(n);
-    cfg.grid_dim.0 = cfg.grid_dim.0.min(1024);
-    // SAFETY: the kernel reads n elements from xp (a live allocation of x's dtype holding
-    // them) and writes the one f32 of out.
+    // One block per row; a row of 576-14336 elements wants a few warps, not a full block.
+    let threads = (k.div_ceil(16 / x.dtype().size_in_bytes()) as u32).clamp(32, 256);
+    let cfg = cudarc::driver::LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (threads.div_ceil(32) * 32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the kernel reads rows * k elements from xp (a live allocation of x's dtype
+    // holding them) and writes rows f32 to out.
     unsafe { b.launch(cfg) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
-/// E4M3 codes of `x[a0..a1] · (448 / amax)`.
-pub fn quant_e4m3(
+/// E4M3 codes of `x[a0..a1] · (448 / amax[row])`, rows of `k`.
+pub fn quant_rows_e4m3(
     x: &CudaStorage,
     (a0, a1): (usize, usize),
+    k: usize,
     amax: &CudaStorage,
 ) -> Result<CudaStorage> {
     let dev = x.device.clone();
-    let f = func(&dev, "quant_e4m3", x.dtype())?;
+    let f = func(&dev, "quant_rows_e4m3", x.dtype())?;
     let n = a1 - a0;
+    if k == 0 || n % k != 0 || k > u32::MAX as usize {
+        bail!("quant-rows: {n} elements in rows of {k}");
+    }
     // SAFETY: the kernel writes every element.
     let out = unsafe { dev.alloc::<F8E4M3>(n)? };
     let xp = device_ptr(x, a0)?;
     let ap = device_ptr(amax, 0)?;
+    let k32 = k as u32;
     let stream = dev.cuda_stream();
     let mut b = stream.launch_builder(&f);
     b.arg(&xp);
     b.arg(&n);
+    b.arg(&k32);
     b.arg(&ap);
     b.arg(&out);
-    // SAFETY: n elements in and out, one f32 amax.
+    // SAFETY: n elements in and out, n / k f32 amax.
     unsafe { b.launch(flat(n)) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
@@ -133,8 +147,11 @@ impl Drop for Guard<'_> {
     }
 }
 
-/// `c[m, d] = s_w s_h · h[m, k] · w[d, k]ᵀ + beta c`: E4M3 operands, f32 accumulation and
-/// output; `scales` = the device addresses of `s_w` and `s_h` (one f32 each).
+/// `c[i, j] = s_h[i] s_w[j] · (h[m, k] · w[d, k]ᵀ)[i, j] + beta c[i, j]`: E4M3 operands, f32
+/// accumulation and output; `scales` = the device addresses of `s_w` (d f32, one per output
+/// channel) and `s_h` (m f32, one per row). cuBLASLt applies them in the epilogue: its
+/// "outer vector" scaling (cuBLAS 12.9 and later), one scale per row of op(A) and one per
+/// column of B.
 fn gemm(
     dev: &CudaDevice,
     c: u64,
@@ -183,6 +200,18 @@ fn gemm(
         4,
     )
     .map_err(e)?;
+    let outer = sys::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    for attr in [
+        A::CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
+        A::CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
+    ] {
+        set(
+            attr,
+            (&outer as *const sys::cublasLtMatmulMatrixScale_t).cast(),
+            std::mem::size_of::<sys::cublasLtMatmulMatrixScale_t>(),
+        )
+        .map_err(e)?;
+    }
     set(
         A::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
         (&scales[0] as *const u64).cast(),
@@ -246,7 +275,7 @@ fn gemm(
     let one = 1f32;
     let (ws, _sync) = lt_handle.workspace.device_ptr(&stream);
     // SAFETY: h, w, c are live device allocations of m*k, d*k and m*d elements (the callers
-    // slice them), the scales one f32 each; alpha and beta are host f32 (the default
+    // slice them), the scales d and m f32; alpha and beta are host f32 (the default
     // pointer mode); everything runs on candle's stream. With beta = 0, C is not read.
     unsafe {
         lt::matmul(

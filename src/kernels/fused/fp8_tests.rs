@@ -71,6 +71,30 @@ fn e4m3_codes_are_the_hand_worked_ones() {
     let (q, s) = quantize(&Tensor::zeros(5, DType::F32, &dev).unwrap()).unwrap();
     assert_eq!(codes(&q), [0; 5]);
     assert_eq!(s.to_vec1::<f32>().unwrap(), [0.0]);
+    // Rows are scaled one by one: amax 2, 448, 0 and 0.5 give the codes of x · 224, x · 1,
+    // 0 and x · 896.
+    let x = [
+        [2.0f32, -1.0, 0.25, 0.0],
+        [448.0, 1.0, -1.0, 240.0],
+        [0.0, 0.0, 0.0, 0.0],
+        [0.5, 0.25, -0.125, 0.0],
+    ];
+    let (q, s) = quantize(&Tensor::new(&x, &dev).unwrap()).unwrap();
+    assert_eq!(q.dims(), [4, 4]);
+    #[rustfmt::skip]
+    let want = [
+        0x7E, 0xF6, 0x66, 0x00,
+        0x7E, 0x38, 0xB8, 0x77,
+        0x00, 0x00, 0x00, 0x00,
+        0x7E, 0x76, 0xEE, 0x00, // 448; 224 = 1.75 · 2^7; -112 = -1.75 · 2^6
+    ];
+    assert_eq!(codes(&q), want);
+    let s = s.to_vec1::<f32>().unwrap();
+    let want = [2.0 / 448.0, 1.0, 0.0, 0.5 / 448.0];
+    assert!(
+        s.iter().zip(want).all(|(a, b)| (a - b).abs() <= 1e-6 * b),
+        "{s:?}"
+    );
 }
 
 /// Every value comes back within half an E4M3 step of its binade (3 mantissa bits), or of
@@ -96,7 +120,7 @@ fn dequantized_values_are_within_half_a_step() {
     }
 }
 
-/// The GEMM is `(s_w s_h) Σ q_w q_h` of the codes, decoded here independently; with a
+/// The GEMM is `s_h[i] s_w[j] Σ q_h q_w` of the codes, decoded here independently; with a
 /// residual and with a bias.
 #[test]
 fn fp8_gemm_is_the_scaled_product_of_the_codes() {
@@ -108,14 +132,23 @@ fn fp8_gemm_is_the_scaled_product_of_the_codes() {
     let lin = Fp8Linear::quantize(&Linear::new(w.clone(), None)).unwrap();
     let (hq, hs) = quantize(&h).unwrap();
     let (hq, wq) = (codes(&hq), codes(lin.codes()));
-    let alpha = hs.to_vec1::<f32>().unwrap()[0] as f64 * lin.scale().unwrap() as f64;
+    let (hs, ws) = (hs.to_vec1::<f32>().unwrap(), lin.scales().unwrap());
+    assert_eq!((hs.len(), ws.len()), (m, d));
+    // The scales are each row's own max |x| / 448.
+    let hv = h.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for (r, s) in hs.iter().enumerate() {
+        let amax = hv[r * k..(r + 1) * k]
+            .iter()
+            .fold(0f32, |a, v| a.max(v.abs()));
+        assert!((s - amax / 448.0).abs() <= 1e-9, "row {r}: {s} vs {amax}");
+    }
     let want: Vec<f64> = (0..m * d)
         .map(|i| {
             let (r, j) = (i / d, i % d);
             let dot: f64 = (0..k)
                 .map(|t| decode(hq[r * k + t]) * decode(wq[j * k + t]))
                 .sum();
-            alpha * dot
+            hs[r] as f64 * ws[j] as f64 * dot
         })
         .collect();
     let got = linear_f32(&h, &lin).unwrap();
@@ -182,6 +215,47 @@ fn fp8_is_near_the_dense_product() {
     assert!(worst > 0.0, "FP8 cannot be exact on these values");
 }
 
+/// A row's product depends on its own values only: a token with a massive activation (an
+/// attention sink) in the same call changes no other row's numbers, and neither does a
+/// weight channel many times larger than the others.
+#[test]
+fn a_large_row_leaves_the_other_rows_alone() {
+    let dev = Device::Cpu;
+    let (m, k, d) = (5, 64, 32);
+    let mut hv = values(m * k, 6);
+    let w = Tensor::from_vec(values(d * k, 8), (d, k), &dev).unwrap();
+    let lin = Fp8Linear::quantize(&Linear::new(w.clone(), None)).unwrap();
+    let out = |hv: &[f32], lin: &Fp8Linear| {
+        let h = Tensor::from_vec(hv.to_vec(), (m, k), &dev).unwrap();
+        let y = linear_f32(&h, lin).unwrap();
+        y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let before = out(&hv, &lin);
+    for v in &mut hv[2 * k..3 * k] {
+        *v *= 3000.0;
+    }
+    let after = out(&hv, &lin);
+    for r in (0..m).filter(|&r| r != 2) {
+        assert_eq!(
+            before[r * d..(r + 1) * d],
+            after[r * d..(r + 1) * d],
+            "row {r}"
+        );
+    }
+    let mut wv = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for v in &mut wv[7 * k..8 * k] {
+        *v *= 3000.0;
+    }
+    let wide = Tensor::from_vec(wv, (d, k), &dev).unwrap();
+    let wide = Fp8Linear::quantize(&Linear::new(wide, None)).unwrap();
+    let again = out(&hv, &wide);
+    for (i, (a, b)) in after.iter().zip(&again).enumerate() {
+        if i % d != 7 {
+            assert_eq!(a, b, "[{i}]");
+        }
+    }
+}
+
 #[test]
 fn mismatched_operands_are_errors() {
     let dev = Device::Cpu;
@@ -228,7 +302,7 @@ fn cuda_fp8_equals_the_cpu_twin() {
             codes(&lg.codes().to_device(&cpu).unwrap()),
             codes(lc.codes())
         );
-        assert_eq!(lg.scale().unwrap(), lc.scale().unwrap());
+        assert_eq!(lg.scales().unwrap(), lc.scales().unwrap());
         let x = Tensor::from_vec(values(m * d, 1), (m, d), &cpu).unwrap();
         let xg = on(&x);
         linear_add_into(&x, &h, &lc).unwrap();
