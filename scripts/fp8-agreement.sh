@@ -19,7 +19,6 @@ for spec in "$@"; do
   name=$(basename "$data" .jsonl)
   for dt in bf16 fp8; do
     flags=(--dtype "$dt")
-    [ "$dt" = fp8 ] && flags+=(--allow-fp8)
     t0=$(date +%s%N)
     "$bin" score --config "${CONFIG:-$here/configs/smollm2.json}" --long-model "$model" --data "$data" \
       --token-nll --device "${DEVICE:-cuda}" --out "$out/$name-$dt.scores.jsonl" --overwrite \

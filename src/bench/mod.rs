@@ -22,7 +22,9 @@ mod synthetic;
 
 /// Segments per sample at the most, as in configs/paper.json (`max_segments`).
 const MAX_SEGMENTS: usize = 500;
-pub use synthetic::{flops_per_seq, matmul_peak, random_model, random_weights, synthetic, Shape};
+pub use synthetic::{
+    flops_per_seq, matmul_peak, random_model, random_weights, synthetic, Pair, Shape,
+};
 
 pub use crate::cli::settings::BenchSettings;
 
@@ -104,6 +106,7 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
         let per = batches.iter().map(|r| r.len()).max().unwrap_or(0);
         let plan = model.plan(batch_shapes(n_seg, ts, budget));
         let d = model.dispatch();
+        let seg = model.seg();
         let kernels = [
             d.kernel_for(1, t, &plan),
             d.kernel_for(1, t, &plan),
@@ -128,7 +131,7 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
                 flops_per_seq(&cfg, ts) * timed as f64,
                 Box::new(|| {
                     for r in &batches {
-                        model.forward_planned(&segs[r.clone()], ts - s.resp, false, &plan)?;
+                        seg.forward_planned(&segs[r.clone()], ts - s.resp, false, &plan)?;
                     }
                     Ok(())
                 }),
@@ -162,7 +165,7 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
         results.push(r);
     }
     if s.small_segments > 0 {
-        results.extend(small_samples(&s, &model, &device, (peak, budget))?);
+        results.extend(small_samples(&s, model.seg(), &device, (peak, budget))?);
     }
     if let Some(b) = model.bucket_summary() {
         eprintln!("gateau bench: bucket {}: {b}", s.bucket);
@@ -182,7 +185,7 @@ pub fn run(s: BenchSettings) -> Result<ExitCode> {
 
 /// The device, the random-weight model of `s.shape`, the measured matmul rate and the
 /// segment batch budget, announced on stderr.
-fn setup(s: &BenchSettings) -> Result<(Device, Llama, f64, usize)> {
+fn setup(s: &BenchSettings) -> Result<(Device, Pair, f64, usize)> {
     let (device, hint) = open_device(&s.device)?;
     if let Some(h) = hint {
         eprintln!("gateau: {h}");
@@ -202,11 +205,11 @@ fn setup(s: &BenchSettings) -> Result<(Device, Llama, f64, usize)> {
         s.dtype_label(),
         s.bucket
     );
-    let mut model = random_model(&cfg, &device, s.dtype, dispatch)?;
-    if s.fp8 {
-        // MFU stays against the bf16 matmul rate measured above: FP8's own peak is about
-        // twice it, so an FP8 run can pass 100%.
-        eprintln!("gateau bench: fp8: {}", model.quantize_fp8()?);
+    // MFU stays against the bf16 matmul rate measured above: FP8's own peak is about twice
+    // it, so an FP8 segment phase can pass 100%.
+    let (model, fp8) = Pair::random(&cfg, &device, (s.dtype, s.fp8), dispatch)?;
+    if let Some(q) = fp8 {
+        eprintln!("gateau bench: fp8 (segment passes): {q}");
     }
     let budget = s.max_batch_tokens.unwrap_or_else(|| {
         let width = s.dtype.size_in_bytes() as u64;
@@ -223,7 +226,7 @@ fn setup(s: &BenchSettings) -> Result<(Device, Llama, f64, usize)> {
 /// built as in a real run, where lengths vary.
 fn whole_sample(
     s: &BenchSettings,
-    model: &Llama,
+    model: &Pair,
     device: &Device,
     ctx: usize,
     (peak, budget): (f64, usize),
@@ -256,7 +259,7 @@ struct Scored {
 /// with `seed`) scored as `score` scores it, timed between device synchronizations.
 fn score_whole(
     s: &BenchSettings,
-    model: &Llama,
+    model: &Pair,
     device: &Device,
     (ctx, resp, seed): (usize, usize, u64),
     budget: usize,
@@ -281,7 +284,8 @@ fn score_whole(
     };
     device.synchronize()?;
     let start = Instant::now();
-    let scores = score_sample(model, &ShortModel::Separate(model), &t, &passes)?;
+    let short = ShortModel::Separate(model);
+    let scores = score_sample((model, model.seg()), &short, &t, &passes)?;
     device.synchronize()?;
     let seconds = start.elapsed().as_secs_f64();
     let segments = scores.seg_ppl.len();

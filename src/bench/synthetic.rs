@@ -26,6 +26,42 @@ pub fn random_model(
     )
 }
 
+/// The bench's model as `score` holds it: the 16-bit model of the full passes and, with
+/// `--dtype fp8`, its E4M3 twin for the segment passes. Derefs to the full-pass model.
+pub struct Pair {
+    pub full: Llama,
+    pub twin: Option<Llama>,
+}
+
+impl Pair {
+    /// [`random_model`], with its E4M3 twin when `fp8` (and the twin's scales).
+    pub fn random(
+        cfg: &ModelConfig,
+        device: &Device,
+        (dtype, fp8): (DType, bool),
+        dispatch: Dispatch,
+    ) -> Result<(Self, Option<crate::model::Fp8Scales>)> {
+        let full = random_model(cfg, device, dtype, dispatch)?;
+        let (twin, scales) = match fp8 {
+            true => full.fp8_twin().map(|(t, q)| (Some(t), Some(q)))?,
+            false => (None, None),
+        };
+        Ok((Self { full, twin }, scales))
+    }
+
+    /// The model the segment passes run on.
+    pub fn seg(&self) -> &Llama {
+        self.twin.as_ref().unwrap_or(&self.full)
+    }
+}
+
+impl std::ops::Deref for Pair {
+    type Target = Llama;
+    fn deref(&self) -> &Llama {
+        &self.full
+    }
+}
+
 /// The tensors of [`random_model`], by their checkpoint names.
 pub fn random_weights(
     cfg: &ModelConfig,

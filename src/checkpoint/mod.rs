@@ -43,6 +43,16 @@ pub struct LoadedModel {
     pub source: String,
     /// With `--dtype fp8`: the projections' quantization, for the log.
     pub fp8: Option<crate::model::Fp8Scales>,
+    /// With `--dtype fp8`: the twin of `llama` with E4M3 projections that runs the segment
+    /// passes; the full passes stay on `llama` (16-bit).
+    pub segments: Option<Llama>,
+}
+
+impl LoadedModel {
+    /// The model the segment passes run on: the E4M3 twin under `--dtype fp8`, else `llama`.
+    pub fn segment_model(&self) -> &Llama {
+        self.segments.as_ref().unwrap_or(&self.llama)
+    }
 }
 
 /// Shard file names listed by a `model.safetensors.index.json`, in first-seen order.
@@ -198,11 +208,12 @@ pub fn load(spec: &ModelSpec, c: &Compute) -> Result<LoadedModel> {
         Located::Hf(files) => load_hf(spec, &files, (device, dtype), dispatch),
     }?;
     if c.fp8 {
-        m.fp8 = Some(
-            m.llama
-                .quantize_fp8()
-                .with_context(|| format!("model {}", spec.location))?,
-        );
+        let (twin, scales) = m
+            .llama
+            .fp8_twin()
+            .with_context(|| format!("model {}", spec.location))?;
+        m.segments = Some(twin);
+        m.fp8 = Some(scales);
     }
     Ok(m)
 }
@@ -258,6 +269,7 @@ fn finish(
         bos,
         source: spec.location.clone(),
         fp8: None,
+        segments: None,
     })
 }
 

@@ -324,12 +324,6 @@ pub struct ScoreArgs {
     /// Replace an existing --out instead of refusing to run.
     #[arg(long)]
     pub overwrite: bool,
-    /// Score with --dtype fp8 although its ranking failed gateau's agreement bar against
-    /// bf16 on the labeled probe sets (Spearman 0.96-0.97 of the final scores, top-30%
-    /// overlap 0.93-0.96; bar 0.995 / 0.97; docs/performance.md, FP8). For measuring FP8 on
-    /// other models, not for selections.
-    #[arg(long)]
-    pub allow_fp8: bool,
     /// Also compute ppl_alone, the long model's perplexity of the response with nothing
     /// before it but BOS (one short pass per sample), for `select --method ifd`.
     #[arg(long)]

@@ -14,10 +14,10 @@ pub enum DTypeArg {
     Bf16,
     /// f16 weights and activations (f32 residual stream and accumulation).
     F16,
-    /// bf16, with the projection and MLP GEMMs in FP8 (E4M3, per-token and per-channel
-    /// scales, f32 accumulation); CUDA GPUs of compute capability 8.9 or later (on the CPU a slow
-    /// simulation of the same arithmetic). `score` needs --allow-fp8: its ranking failed
-    /// the agreement bar against bf16.
+    /// bf16, with the segment passes' projection and MLP GEMMs in FP8 (E4M3, per-token and
+    /// per-channel scales, f32 accumulation); the full passes stay bf16, which keeps the
+    /// ranking (docs/gpu.md). CUDA GPUs of compute capability 8.9 or later (on the CPU a
+    /// slow simulation of the same arithmetic).
     Fp8,
 }
 

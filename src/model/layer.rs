@@ -9,6 +9,7 @@ use crate::kernels::fused::{self, HeadShape};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
+#[derive(Clone)]
 pub(crate) struct Layer {
     pub input_norm: Tensor,
     /// q, k and v projections stacked (one GEMM; rows in that order), with their biases

@@ -10,7 +10,6 @@ use super::config::ModelConfig;
 use super::dispatch::{BatchPlan, Dispatch};
 use super::heads::heads_checked;
 use super::layer::Layer;
-use super::quantize::Fp8Scales;
 use super::spans::{Packing, Span};
 use crate::kernels::attention::{capture_mass_thd, causal_attention_padded, Plan};
 use crate::kernels::fused::{self, HeadShape, Heads};
@@ -34,24 +33,24 @@ pub struct ForwardOutput {
 }
 
 pub struct Llama {
-    cfg: ModelConfig,
-    embed: Tensor,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    lm_head: Tensor,
-    device: Device,
-    dtype: DType,
-    split: bool,
+    pub(super) cfg: ModelConfig,
+    pub(super) embed: Tensor,
+    pub(super) layers: Vec<Layer>,
+    pub(super) norm: Tensor,
+    pub(super) lm_head: Tensor,
+    pub(super) device: Device,
+    pub(super) dtype: DType,
+    pub(super) split: bool,
     /// Which kernel computes the attention outputs (resolved once per run).
-    dispatch: Dispatch,
+    pub(super) dispatch: Dispatch,
     /// With bf16 weights on the split path: attention heads in f16 (see `fused::qkv_heads`);
     /// a pass whose heads overflow f16's range runs again with bf16 heads, and only that
     /// pass: the next one starts in f16 again, so no record depends on the samples before it.
-    f16_heads: bool,
+    pub(super) f16_heads: bool,
     /// Whether the overflow warning was printed (logging only; it changes no number).
-    warned: AtomicBool,
+    pub(super) warned: AtomicBool,
     /// What `--bucket` padded in this model's passes (logging only).
-    bucket_stats: BucketStats,
+    pub(super) bucket_stats: BucketStats,
 }
 
 impl Llama {
@@ -109,12 +108,6 @@ impl Llama {
     /// Turns the f16 heads off (or back on, for bf16 weights) — for comparisons.
     pub fn set_f16_heads(&mut self, on: bool) {
         self.f16_heads = on && self.dtype == DType::BF16;
-    }
-
-    /// `--dtype fp8`: every layer's projections as E4M3 codes with per-channel scales,
-    /// quantized once, here (see [`super::quantize`]).
-    pub fn quantize_fp8(&mut self) -> Result<Fp8Scales> {
-        super::quantize::to_fp8(&mut self.layers)
     }
 
     /// The attention dispatch this model runs.

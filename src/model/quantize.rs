@@ -1,11 +1,15 @@
-//! `--dtype fp8`: a loaded model's projections (q|k|v, attention output, gate|up, down) turned
-//! into E4M3 codes with per-channel scales, once, at load; the 16-bit weights are dropped. The
+//! `--dtype fp8`: a twin of a loaded model whose projections (q|k|v, attention output,
+//! gate|up, down) are E4M3 codes with per-channel scales, quantized once, at load. The twin
+//! runs the segment passes; the 16-bit model keeps its weights for the full passes. The
 //! arithmetic is `kernels::fused::fp8`'s.
 
+use super::bucket::BucketStats;
 use super::layer::Layer;
+use super::Llama;
 use anyhow::{bail, Result};
+use std::sync::atomic::AtomicBool;
 
-/// What [`super::Llama::quantize_fp8`] did, for the log.
+/// What [`Llama::fp8_twin`] quantized, for the log.
 #[derive(Debug, Clone, Copy)]
 pub struct Fp8Scales {
     pub projections: usize,
@@ -25,7 +29,7 @@ impl std::fmt::Display for Fp8Scales {
 }
 
 /// Quantizes every layer's projections; the scales' range, for the log.
-pub(super) fn to_fp8(layers: &mut [Layer]) -> Result<Fp8Scales> {
+fn to_fp8(layers: &mut [Layer]) -> Result<Fp8Scales> {
     let names = ["q|k|v", "output", "gate|up", "down"];
     let mut scales = Vec::new();
     for (i, layer) in layers.iter_mut().enumerate() {
@@ -48,4 +52,29 @@ pub(super) fn to_fp8(layers: &mut [Layer]) -> Result<Fp8Scales> {
         min,
         max,
     })
+}
+
+impl Llama {
+    /// A twin of this model whose projections are E4M3; the embedding, norms, head and
+    /// attention dispatch are this model's own tensors, shared. `--dtype fp8` runs the
+    /// segment passes on it and the full passes on this model.
+    pub fn fp8_twin(&self) -> Result<(Self, Fp8Scales)> {
+        let mut layers = self.layers.clone();
+        let scales = to_fp8(&mut layers)?;
+        let twin = Self {
+            cfg: self.cfg.clone(),
+            embed: self.embed.clone(),
+            layers,
+            norm: self.norm.clone(),
+            lm_head: self.lm_head.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype,
+            split: self.split,
+            dispatch: self.dispatch.clone(),
+            f16_heads: self.f16_heads,
+            warned: AtomicBool::new(false),
+            bucket_stats: BucketStats::default(),
+        };
+        Ok((twin, scales))
+    }
 }

@@ -326,23 +326,28 @@ fn plan(s: &ScoreSettings, long: &ModelConfig, short: Option<&ModelConfig>) -> M
     let (dtype, width) = match s.dtype {
         Some(DTypeArg::F32) => ("f32", 4),
         Some(DTypeArg::F16) => ("f16", 2),
-        // Counted as bf16: E4M3 projection weights would halve those, an upper bound here.
+        // bf16 weights, plus the E4M3 twin of the long model's projections (below).
         Some(DTypeArg::Fp8) => ("fp8", 2),
         _ => ("bf16", 2),
     };
     let mut models = vec![long];
     models.extend(short);
-    let need = memory::needed(&models, width, s.max_len);
+    let twin = match s.dtype {
+        Some(DTypeArg::Fp8) => memory::fp8_twin_bytes(long),
+        _ => 0,
+    };
+    let need = memory::needed(&models, width, s.max_len) + twin;
     let two = match (s.phases, short) {
         (_, None) | (Phases::One, _) => false,
         (Phases::Two, _) => true,
         (Phases::Auto, Some(_)) => need > GPU_FREE,
     };
     // The batch budget is picked with the models of the (last) phase loaded.
-    let loaded: u64 = match two {
-        true => memory::weight_bytes(long, width),
-        false => models.iter().map(|c| memory::weight_bytes(c, width)).sum(),
-    };
+    let loaded: u64 = twin
+        + match two {
+            true => memory::weight_bytes(long, width),
+            false => models.iter().map(|c| memory::weight_bytes(c, width)).sum(),
+        };
     let picked = memory::default_batch_tokens(long, width, Some(GPU_FREE.saturating_sub(loaded)));
     MemoryPlan {
         dtype: dtype.into(),

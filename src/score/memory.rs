@@ -52,6 +52,15 @@ pub fn weight_bytes(cfg: &ModelConfig, width: u64) -> u64 {
     cfg.param_count() * width
 }
 
+/// Bytes of the E4M3 twin that `--dtype fp8` holds beside a model's 16-bit weights: one
+/// byte per projection weight (the per-channel scales add 4 bytes per output row, left out).
+pub fn fp8_twin_bytes(cfg: &ModelConfig) -> u64 {
+    let (d, f) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
+    let q = (cfg.num_heads * cfg.head_dim) as u64;
+    let kv = (cfg.num_kv_heads * cfg.head_dim) as u64;
+    cfg.num_layers as u64 * (2 * d * q + 2 * d * kv + 3 * d * f)
+}
+
 /// Bytes a run holding `models` needs for one pass of `max_len` tokens through the first.
 pub fn needed(models: &[&ModelConfig], width: u64, max_len: usize) -> u64 {
     let weights: u64 = models.iter().map(|c| weight_bytes(c, width)).sum();
@@ -72,6 +81,18 @@ pub fn gb(bytes: u64) -> String {
 mod tests {
     use super::*;
     use crate::bench::Shape;
+
+    #[test]
+    fn an_fp8_twin_is_one_byte_per_projection_weight() {
+        // LLaMA-2-7B: 32 layers of q, k, v, o (4096 x 4096 each) and gate, up, down
+        // (4096 x 11008 each): 6.48 GB, the embedding and head not included.
+        let c7 = Shape::Llama2_7b.config();
+        assert_eq!(fp8_twin_bytes(&c7), 6_476_005_376);
+        // LLaMA-3-8B's k and v are 1024 wide (8 KV heads of 128), its MLP 14336.
+        let c8 = Shape::Llama3_8b.config();
+        let layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336;
+        assert_eq!(fp8_twin_bytes(&c8), 32 * layer);
+    }
 
     #[test]
     fn two_7b_models_at_64k_fit_an_80_gb_h100_one_13b_pair_does_not() {

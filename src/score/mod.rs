@@ -84,7 +84,7 @@ fn score_all(
     existing: Existing,
     started: Instant,
 ) -> Result<ExitCode> {
-    let given = match two_phase(s, &c.device, c.dtype)? {
+    let given = match two_phase(s, &c.device, c.dtype, c.fp8)? {
         true => Some(two_phase::run(s, c, &existing)?),
         false => None,
     };

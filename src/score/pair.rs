@@ -51,7 +51,12 @@ pub fn load_short(
     long_vocab: usize,
     c: &Compute,
 ) -> Result<LoadedModel> {
-    let m = checkpoint::load(spec, c)?;
+    // Model A runs full passes only, which stay 16-bit under --dtype fp8: no E4M3 twin.
+    let c = Compute {
+        fp8: false,
+        ..c.clone()
+    };
+    let m = checkpoint::load(spec, &c)?;
     let a = m.tokenizer.get_vocab_size(true);
     if a != long_vocab {
         bail!(
@@ -149,7 +154,7 @@ impl Models {
 
 /// Whether this run goes in two phases (`--phases`, or auto: a separate model A on a GPU
 /// where A, B and a `--max-len` pass do not fit in free memory).
-pub fn two_phase(s: &ScoreSettings, device: &Device, dtype: DType) -> Result<bool> {
+pub fn two_phase(s: &ScoreSettings, device: &Device, dtype: DType, fp8: bool) -> Result<bool> {
     let spec = short_spec(s);
     match (s.phases, &spec) {
         (Phases::One, _) => Ok(false),
@@ -165,7 +170,8 @@ pub fn two_phase(s: &ScoreSettings, device: &Device, dtype: DType) -> Result<boo
             let (lc, _) = crate::checkpoint::describe_model(&s.long_spec())?;
             let (sc, _) = crate::checkpoint::describe_model(spec)?;
             let width = dtype.size_in_bytes() as u64;
-            let need = memory::needed(&[&lc, &sc], width, s.max_len);
+            let twin = if fp8 { memory::fp8_twin_bytes(&lc) } else { 0 };
+            let need = memory::needed(&[&lc, &sc], width, s.max_len) + twin;
             if need <= free {
                 return Ok(false);
             }

@@ -198,14 +198,15 @@ impl Pending {
     }
 }
 
-/// Runs every pass of one sample.
+/// Runs every pass of one sample: the full passes on `long`, the segment passes on
+/// `segments` (`long` itself, or its E4M3 twin under `--dtype fp8`).
 pub fn score_sample(
-    long: &Llama,
+    (long, segments): (&Llama, &Llama),
     short: &ShortModel,
     t: &Tokens,
     s: &PassSettings,
 ) -> Result<SampleScores> {
-    full_passes(long, short, t, s)?.run_segments(long, s.max_batch_tokens)
+    full_passes(long, short, t, s)?.run_segments(segments, s.max_batch_tokens)
 }
 
 /// The passes over the whole sample: the long model's (with the attention capture), the

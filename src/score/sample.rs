@@ -31,7 +31,7 @@ pub fn score_one(
     let passes = s.passes(models.batch_tokens);
     let p = full_passes(&models.long.llama, &short, &t, &passes)?;
     let line = sample.line;
-    let done = packer.add(&models.long.llama, line, (sample, t), p)?;
+    let done = packer.add(models.long.segment_model(), line, (sample, t), p)?;
     Ok(done
         .into_iter()
         .map(|((sample, t), sc)| record_of(&sample, &t, sc, s))
@@ -45,7 +45,7 @@ pub fn flush(
     packer: &mut Packed,
 ) -> Result<Vec<(ScoreRecord, usize)>> {
     Ok(packer
-        .flush(&models.long.llama)?
+        .flush(models.long.segment_model())?
         .into_iter()
         .map(|((sample, t), sc)| record_of(&sample, &t, sc, s))
         .collect())

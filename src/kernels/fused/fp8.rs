@@ -31,7 +31,8 @@ use rayon::prelude::*;
 /// The largest finite E4M3 value.
 pub const E4M3_MAX: f32 = 448.0;
 
-/// A projection of a decoder layer: 16-bit (or f32) weights, or E4M3 codes with their scale.
+/// A projection of a decoder layer: 16-bit (or f32) weights, or E4M3 codes with their scales.
+#[derive(Clone)]
 pub enum Proj {
     Dense(Linear),
     Fp8(Fp8Linear),
