@@ -79,6 +79,14 @@ fn fp8_scores_the_families_near_their_reference() {
         let o = score(fam, "bf16", &out, &["--resume", "--quiet"]);
         assert!(!o.status.success());
         assert!(stderr(&o).contains("dtype"), "{}", stderr(&o));
+        // So is resuming a file of the earlier fp8 (E4M3 in every pass), whose fingerprint
+        // said `dtype=fp8`.
+        let old = dir.path().join("old-fp8.jsonl");
+        let text = std::fs::read_to_string(&out).unwrap();
+        std::fs::write(&old, text.replace("dtype=fp8-segments", "dtype=fp8")).unwrap();
+        let o = score(fam, "fp8", &old, &["--resume", "--quiet"]);
+        assert!(!o.status.success(), "an old fp8 file was resumed");
+        assert!(stderr(&o).contains("dtype"), "{}", stderr(&o));
     }
 }
 

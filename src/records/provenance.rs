@@ -142,10 +142,13 @@ fn dtype_name(d: DType) -> &'static str {
     }
 }
 
-/// The run's dtype as `--dtype` spells it: `fp8` for bf16 with E4M3 projections.
+/// The run's dtype as `--dtype` spells it, with `fp8` named by what it computes: bf16 full
+/// passes and E4M3 segment passes with per-row scales. Files of the earlier fp8 (E4M3 in
+/// every pass, per-tensor scales) said `fp8`; their records are other numbers, so they do
+/// not resume into these.
 fn run_dtype(s: &ScoreSettings, dtype: DType) -> &'static str {
     match crate::cli::DTypeArg::is_fp8(s.dtype) {
-        true => "fp8",
+        true => "fp8-segments",
         false => dtype_name(dtype),
     }
 }
