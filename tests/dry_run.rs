@@ -187,3 +187,43 @@ fn dry_run_json_needs_dry_run() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--dry-run"), "{}", stderr(&o));
 }
+
+/// `--dtype fp8` holds an E4M3 twin of the long model's projections beside its bf16
+/// weights; the memory plan counts one byte per projection weight more than bf16's. The
+/// qwen3 fixture: 2 layers of q and o (64 x 64), k and v (32 x 64), gate, up and down
+/// (128 x 64): 2 x (8192 + 4096 + 24576) = 73,728 bytes.
+#[test]
+fn the_fp8_memory_plan_counts_the_twin() {
+    let dir = tmp();
+    let fams = crate::families::families();
+    let plan = |dtype: &str| -> Value {
+        let json_out = dir.path().join(format!("{dtype}.json"));
+        let o = run(&[
+            "score",
+            "--data",
+            p(&fams.join("data.jsonl")),
+            "--long-model",
+            p(&fams.join("qwen3")),
+            "--short-window",
+            "96",
+            "--dtype",
+            dtype,
+            "--dry-run",
+            "--json",
+            p(&json_out),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&json_out).unwrap()).unwrap();
+        d["memory"].clone()
+    };
+    let (b, f) = (plan("bf16"), plan("fp8"));
+    assert_eq!(
+        (b["dtype"].as_str(), f["dtype"].as_str()),
+        (Some("bf16"), Some("fp8"))
+    );
+    let bytes = |m: &Value| m["one_phase_bytes"].as_u64().unwrap();
+    assert_eq!(
+        bytes(&f) - bytes(&b),
+        2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128)
+    );
+}
