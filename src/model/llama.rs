@@ -10,6 +10,7 @@ use super::config::ModelConfig;
 use super::dispatch::{BatchPlan, Dispatch};
 use super::heads::heads_checked;
 use super::layer::Layer;
+use super::rope_cache::RopeCache;
 use super::spans::{Packing, Span};
 use crate::kernels::attention::{capture_mass_thd, causal_attention_padded, Plan};
 use crate::kernels::fused::{self, HeadShape, Heads};
@@ -18,6 +19,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Upper bound on the f32 logits of one chunk of scored rows: 128 MiB.
 const LOGIT_BUDGET: usize = 32 << 20;
@@ -49,8 +51,11 @@ pub struct Llama {
     pub(super) f16_heads: bool,
     /// Whether the overflow warning was printed (logging only; it changes no number).
     pub(super) warned: AtomicBool,
-    /// What `--bucket` padded in this model's passes (logging only).
-    pub(super) bucket_stats: BucketStats,
+    /// What `--bucket` padded in this model's passes (logging only); shared with the fp8
+    /// twin, whose passes are this model's too.
+    pub(super) bucket_stats: Arc<BucketStats>,
+    /// The cos/sin tables of the longest pass so far (shared with the fp8 twin).
+    pub(super) rope: Arc<RopeCache>,
 }
 
 impl Llama {
@@ -74,7 +79,8 @@ impl Llama {
             split: dispatch.fused_available(embed.device(), embed.dtype()),
             f16_heads: embed.dtype() == DType::BF16,
             warned: AtomicBool::new(false),
-            bucket_stats: BucketStats::default(),
+            bucket_stats: Arc::default(),
+            rope: Arc::default(),
             dispatch,
             device: embed.device().clone(),
             dtype: embed.dtype(),
@@ -163,9 +169,9 @@ impl Llama {
         self.dtype
     }
 
-    /// cos and sin tables for passes of these lengths laid end to end ([`super::rope::tables_for`]).
+    /// cos and sin tables for passes of these lengths laid end to end ([`RopeCache`]).
     fn rope_tables(&self, lens: &[usize]) -> candle_core::Result<(Tensor, Tensor)> {
-        super::rope::tables_for(&self.cfg, lens, &self.device)
+        self.rope.tables(&self.cfg, lens, &self.device)
     }
 
     /// RMSNorm of the f32 residual stream, returned in the compute dtype (matmul input).
@@ -278,7 +284,10 @@ impl Llama {
                     None => self.dispatch.causal_padded(&q, &k, &v, batch_plan, len),
                     Some(p) => p.causal_thd(&q, &k, &v, &self.dispatch),
                 })?;
-                (out.reshape((b, t, nh * hd))?.to_dtype(self.dtype)?, m)
+                let out = op(dev, "attention_out_cast", || {
+                    out.reshape((b, t, nh * hd))?.to_dtype(self.dtype)
+                })?;
+                (out, m)
             } else {
                 let qkv = op(dev, "qkv_proj", || layer.qkv.forward(&h))?;
                 let qkv = op(dev, "qk_norm", || layer.norm_qk(qkv, shape, c.rms_norm_eps))?;

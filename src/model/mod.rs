@@ -11,6 +11,7 @@ mod layer;
 pub mod llama;
 mod quantize;
 pub mod rope;
+mod rope_cache;
 pub mod shapes;
 pub mod spans;
 

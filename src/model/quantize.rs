@@ -3,7 +3,6 @@
 //! runs the segment passes; the 16-bit model keeps its weights for the full passes. The
 //! arithmetic is `kernels::fused::fp8`'s.
 
-use super::bucket::BucketStats;
 use super::layer::Layer;
 use super::Llama;
 use anyhow::{bail, Result};
@@ -73,8 +72,42 @@ impl Llama {
             dispatch: self.dispatch.clone(),
             f16_heads: self.f16_heads,
             warned: AtomicBool::new(false),
-            bucket_stats: BucketStats::default(),
+            bucket_stats: self.bucket_stats.clone(),
+            rope: self.rope.clone(),
         };
         Ok((twin, scales))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::bucket::Bucket;
+    use crate::model::dispatch::Dispatch;
+    use crate::model::shapes::Shape;
+    use crate::model::Llama;
+    use candle_core::{DType, Device};
+    use candle_nn::VarBuilder;
+
+    /// The run-end bucket line reads the 16-bit model's stats only; the twin's passes must
+    /// land there too.
+    #[test]
+    fn the_twins_passes_count_in_the_models_bucket_line() {
+        let mut c = Shape::Smollm2_135m.config();
+        (c.hidden_size, c.intermediate_size, c.num_layers) = (64, 128, 1);
+        (c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size) = (4, 2, 16, 96);
+        // Zero weights: only the passes' lengths matter here.
+        let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+        let mut m = Llama::load(vb, c, Dispatch::chunked()).unwrap();
+        m.set_bucket(Bucket::Tokens(64));
+        let (twin, _) = m.fp8_twin().unwrap();
+        let seq = |n: u32| vec![(0..n).map(|i| i % 90).collect::<Vec<u32>>()];
+        m.forward(&seq(10), 5, false).unwrap();
+        twin.forward(&seq(20), 5, false).unwrap();
+        twin.forward(&seq(64), 5, false).unwrap();
+        let line = m.bucket_summary().unwrap();
+        assert!(
+            line.starts_with("2 of 3 single-sequence passes padded (+98 attention tokens"),
+            "{line}"
+        );
     }
 }
