@@ -346,14 +346,9 @@ fn measure(
     let secs = time(device, s.warmup, s.repeat, work);
     let peak_bytes = profile::stop().peak_bytes;
     let secs = secs?;
-    let ops = if s.profile {
-        profile::start(true);
-        let r = work();
-        let p = profile::stop();
-        r?;
-        Some(p.ops)
-    } else {
-        None
+    let ops = match s.profile {
+        true => Some(profile::profiled(device, work)?.ops),
+        false => None,
     };
     let r = PhaseResult {
         peak_mem_gb: peak_bytes.map(|b| b as f64 / 1e9),
