@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 /// Where the rates below were measured.
-pub const SOURCE: &str = "docs/bench/h200-cudnn-2026-12-02.jsonl";
+pub const SOURCE: &str = "docs/bench/h200-cudnn-2026-12-03-bf16-4ctx.jsonl";
 /// The GPU they were measured on.
 pub const GPU: &str = "NVIDIA H200 (bf16, cuDNN attention)";
 /// Free memory of an H200 before the models are loaded (143,771 MiB total, less the CUDA
@@ -30,21 +30,21 @@ pub const GPU_FREE: u64 = 140 << 30;
 /// `(sequence tokens, tok/s)` of the llama2-7b shape on the H200, from [`SOURCE`]:
 /// "full pass (no capture)".
 pub const FULL_RATES: [(usize, f64); 4] = [
-    (8769, 35700.5),
-    (16961, 31153.6),
-    (33345, 25382.4),
-    (66113, 18309.9),
+    (8769, 37129.8),
+    (16961, 32424.2),
+    (33345, 25611.0),
+    (66113, 18721.2),
 ];
 /// "long full pass + attention capture".
 pub const CAPTURE_RATES: [(usize, f64); 4] = [
-    (8769, 32832.4),
-    (16961, 29441.0),
-    (33345, 23817.7),
-    (66113, 17862.4),
+    (8769, 34621.4),
+    (16961, 30482.0),
+    (33345, 24396.1),
+    (66113, 18109.7),
 ];
 /// "segment passes" (batches of 64 to 86 sequences of 705 tokens): the mean of the four
-/// rows (42,960.7, 42,927.5, 43,272.6 and 43,307.6 tok/s).
-pub const SEGMENT_RATES: [(usize, f64); 1] = [(705, 43117.1)];
+/// rows (42,680.3, 43,371.8, 42,893.7 and 43,636.1 tok/s).
+pub const SEGMENT_RATES: [(usize, f64); 1] = [(705, 43145.5)];
 
 /// Upper edges of the histogram's bands, in tokens of `S`.
 pub const BANDS: [usize; 6] = [2048, 4096, 8192, 16384, 32768, 65536];
