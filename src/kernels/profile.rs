@@ -1,27 +1,24 @@
 //! Instrumentation of the forward pass for `gateau bench`: device memory in use is sampled
 //! after every wrapped op (its maximum is the phase's peak), and with `--profile` every op
 //! is bracketed by device synchronizations and its wall time added to a table (CUDA work is
-//! asynchronous, so this is the op's device time plus launch gaps). Off, an op costs one
-//! atomic load.
+//! asynchronous, so this is the op's device time plus launch gaps). The state is the
+//! calling thread's own: the bench runs its passes on one thread, and other threads (tests
+//! side by side) neither land in its table nor wait on its syncs. Off, an op costs one
+//! thread-local read.
 
 use candle_core::Device;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
-static ON: AtomicBool = AtomicBool::new(false);
-static TIMING: AtomicBool = AtomicBool::new(false);
-static PEAK: AtomicU64 = AtomicU64::new(0);
-static TABLE: Mutex<BTreeMap<String, (f64, u64)>> = Mutex::new(BTreeMap::new());
-
 thread_local! {
+    static ON: Cell<bool> = const { Cell::new(false) };
+    static TIMING: Cell<bool> = const { Cell::new(false) };
+    static PEAK: Cell<u64> = const { Cell::new(0) };
+    static TABLE: RefCell<BTreeMap<String, (f64, u64)>> = const { RefCell::new(BTreeMap::new()) };
     /// The timed op this thread is inside, if any: an op within it is tabled as
     /// `outer/inner`, so its time is not counted twice in a phase's total.
-    static OUTER: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
-    /// This thread started the timed profile: only its ops are timed, so other threads'
-    /// work (tests running side by side) neither lands in the table nor waits on syncs.
-    static TIMED_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static OUTER: Cell<Option<&'static str>> = const { Cell::new(None) };
 }
 
 /// Per-op totals of one profiled run.
@@ -37,22 +34,23 @@ pub struct Profile {
 /// Starts sampling memory after every op; with `timing`, also times every op (which
 /// synchronizes the device around it, so timed runs should not use it).
 pub fn start(timing: bool) {
-    TABLE.lock().map(|mut t| t.clear()).ok();
-    PEAK.store(0, Ordering::Relaxed);
-    TIMING.store(timing, Ordering::Relaxed);
-    TIMED_HERE.with(|t| t.set(timing));
-    ON.store(true, Ordering::Relaxed);
+    TABLE.with(|t| t.borrow_mut().clear());
+    PEAK.with(|p| p.set(0));
+    TIMING.with(|t| t.set(timing));
+    ON.with(|o| o.set(true));
 }
 
 pub fn stop() -> Profile {
-    ON.store(false, Ordering::Relaxed);
-    TIMED_HERE.with(|t| t.set(false));
-    let mut ops: Vec<(String, f64, u64)> = TABLE
-        .lock()
-        .map(|t| t.iter().map(|(k, v)| (k.clone(), v.0, v.1)).collect())
-        .unwrap_or_default();
+    ON.with(|o| o.set(false));
+    TIMING.with(|t| t.set(false));
+    let mut ops: Vec<(String, f64, u64)> = TABLE.with(|t| {
+        t.borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0, v.1))
+            .collect()
+    });
     ops.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let peak = PEAK.load(Ordering::Relaxed);
+    let peak = PEAK.with(|p| p.get());
     Profile {
         ops,
         peak_bytes: (peak > 0).then_some(peak),
@@ -110,14 +108,15 @@ pub fn op<T>(
     name: &'static str,
     f: impl FnOnce() -> candle_core::Result<T>,
 ) -> candle_core::Result<T> {
-    if !ON.load(Ordering::Relaxed) {
+    if !ON.with(|o| o.get()) {
         return f();
     }
-    if !TIMING.load(Ordering::Relaxed) || !TIMED_HERE.with(|t| t.get()) {
+    let peak = |m: u64| PEAK.with(|p| p.set(p.get().max(m)));
+    if !TIMING.with(|t| t.get()) {
         let r = f()?;
         // Allocation is stream-ordered: the memory of queued work is reserved already.
         if let Some(m) = mem_used(device) {
-            PEAK.fetch_max(m, Ordering::Relaxed);
+            peak(m);
         }
         return Ok(r);
     }
@@ -133,13 +132,14 @@ pub fn op<T>(
         Some(o) => format!("{o}/{name}"),
         None => name.to_string(),
     };
-    if let Ok(mut t) = TABLE.lock() {
+    TABLE.with(|t| {
+        let mut t = t.borrow_mut();
         let e = t.entry(key).or_insert((0.0, 0));
         e.0 += dt;
         e.1 += 1;
-    }
+    });
     if let Some(m) = mem_used(device) {
-        PEAK.fetch_max(m, Ordering::Relaxed);
+        peak(m);
     }
     Ok(r)
 }
@@ -148,12 +148,8 @@ pub fn op<T>(
 mod tests {
     use super::*;
 
-    /// The table is global: these tests must not start/stop it under each other.
-    static SERIAL: Mutex<()> = Mutex::new(());
-
     #[test]
     fn ops_are_counted_only_while_on() {
-        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let d = Device::Cpu;
         op(&d, "before", || Ok(())).unwrap();
         start(true);
@@ -174,12 +170,24 @@ mod tests {
         );
     }
 
-    /// Work outside every op shows as its own row: 30 ms of it around a 10 ms op.
+    /// Work outside every op shows as its own row: 30 ms of it around a 10 ms op, while
+    /// another thread profiles its own run (which once cleared and filled the same table).
     #[test]
     fn time_outside_the_ops_has_its_own_row() {
-        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let d = Device::Cpu;
         let nap = |ms| std::thread::sleep(std::time::Duration::from_millis(ms));
+        let other = std::thread::spawn(move || {
+            profiled::<candle_core::Error>(&Device::Cpu, || {
+                for _ in 0..40 {
+                    op(&Device::Cpu, "elsewhere", || {
+                        nap(1);
+                        Ok(())
+                    })?;
+                }
+                Ok(())
+            })
+            .unwrap()
+        });
         let p = profiled::<candle_core::Error>(&d, || {
             nap(30);
             op(&d, "napping_op", || {
@@ -188,6 +196,13 @@ mod tests {
             })
         })
         .unwrap();
+        let theirs = other.join().unwrap();
+        assert!(p.ops.iter().all(|o| o.0 != "elsewhere"), "{:?}", p.ops);
+        assert!(
+            theirs.ops.iter().all(|o| o.0 != "napping_op"),
+            "{:?}",
+            theirs.ops
+        );
         let secs = |n: &str| p.ops.iter().find(|o| o.0 == n).map(|o| o.1).unwrap();
         assert!(secs("napping_op") >= 0.010);
         assert!(secs(OUTSIDE) >= 0.030, "{:?}", p.ops);
@@ -196,7 +211,6 @@ mod tests {
 
     #[test]
     fn nested_ops_are_named_under_their_outer_op() {
-        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let d = Device::Cpu;
         start(true);
         op(&d, "outer_t", || op(&d, "inner_t", || Ok(()))).unwrap();
